@@ -1,0 +1,204 @@
+#include "common/files.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "common/error.h"
+
+namespace mgm {
+namespace {
+
+std::string errno_text() { return std::strerror(errno); }
+
+constexpr size_t kWriteBuffer = 1 << 20;
+
+}  // namespace
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(str_cat(path, ": cannot open: ", errno_text()));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    std::string e = errno_text();
+    ::close(fd);
+    throw Error(str_cat(path, ": cannot stat: ", e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(str_cat(path, ": not a regular file"));
+  }
+  std::shared_ptr<MappedFile> m(new MappedFile());
+  m->path_ = path;
+  m->size_ = static_cast<size_t>(st.st_size);
+  if (m->size_ > 0) {
+    // Copy-on-write: tensors viewing the map may be modified in place without touching the file.
+    void* p = ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      std::string e = errno_text();
+      ::close(fd);
+      throw Error(str_cat(path, ": cannot mmap: ", e));
+    }
+    m->data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return m;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  static std::atomic<int> counter{0};
+  tmp_path_ = str_cat(path_, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+  std::string dir = parent_dir(path_);
+  if (!dir.empty() && !is_directory(dir)) throw Error(str_cat(path_, ": folder does not exist"));
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(str_cat(tmp_path_, ": cannot create: ", errno_text()));
+  buf_.reserve(kWriteBuffer);
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!done_) ::unlink(tmp_path_.c_str());
+}
+
+void AtomicFileWriter::flush_buffer() {
+  const char* p = buf_.data();
+  size_t n = buf_.size();
+  while (n > 0) {
+    ssize_t w = ::write(fd_, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw Error(str_cat(tmp_path_, ": write failed: ", errno_text()));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  buf_.clear();
+}
+
+void AtomicFileWriter::write(const void* data, size_t n) {
+  MGM_CHECK(fd_ >= 0, path_, ": write after commit");
+  const char* p = static_cast<const char*>(data);
+  written_ += n;
+  if (buf_.size() + n <= kWriteBuffer) {
+    buf_.insert(buf_.end(), p, p + n);
+    return;
+  }
+  flush_buffer();
+  if (n >= kWriteBuffer) {
+    buf_.assign(p, p + n);  // large tensor: one write call
+    flush_buffer();
+    buf_.shrink_to_fit();
+    buf_.reserve(kWriteBuffer);
+  } else {
+    buf_.insert(buf_.end(), p, p + n);
+  }
+}
+
+std::string AtomicFileWriter::finish_temp() {
+  MGM_CHECK(fd_ >= 0, path_, ": already finished");
+  flush_buffer();
+  if (::fsync(fd_) != 0) throw Error(str_cat(tmp_path_, ": fsync failed: ", errno_text()));
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    throw Error(str_cat(tmp_path_, ": close failed: ", errno_text()));
+  }
+  fd_ = -1;
+  done_ = true;  // the caller owns the temp file now
+  return tmp_path_;
+}
+
+void AtomicFileWriter::commit() {
+  std::string tmp = finish_temp();
+  try {
+    rename_into_place(tmp, path_);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+void rename_into_place(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    throw Error(str_cat("cannot rename ", from, " to ", to, ": ", errno_text()));
+  fsync_dir(parent_dir(to));
+}
+
+void fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort: some filesystems refuse to open folders
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_file_atomic(const std::string& path, std::string_view content) {
+  AtomicFileWriter w(path);
+  w.write(content);
+  w.commit();
+}
+
+std::string read_file(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw Error(str_cat(path, ": cannot open: ", errno_text()));
+  std::string out;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  bool err = std::ferror(f) != 0;
+  std::fclose(f);
+  if (err) throw Error(str_cat(path, ": read failed"));
+  return out;
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+uint64_t file_size(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Error(str_cat(path, ": cannot stat: ", errno_text()));
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void make_dirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) throw Error(str_cat(path, ": cannot create folder: ", ec.message()));
+}
+
+std::string path_join(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  if (!b.empty() && b[0] == '/') return b;
+  if (a.back() == '/') return a + b;
+  return a + "/" + b;
+}
+
+std::string parent_dir(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+std::string base_name(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  return pos == std::string::npos ? path : path.substr(pos + 1);
+}
+
+}  // namespace mgm

@@ -1,0 +1,84 @@
+// File utilities: read-only memory maps (zero-copy tensor loading) and atomic writes
+// (temp file in the same folder, fsync, rename, fsync of the folder), so a crash never leaves
+// a half-written file under its final name.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mgm {
+
+// A whole file mapped read-only. Shared ownership lets tensors keep the mapping alive.
+class MappedFile {
+ public:
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Writes a file atomically. Data goes to "<path>.tmp.<pid>.<n>"; commit() fsyncs it, renames
+// it over `path` and fsyncs the folder. If the object is destroyed without commit() (an
+// exception, an early return), the temp file is removed and `path` is untouched.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, size_t n);
+  void write(std::string_view s) { write(s.data(), s.size()); }
+  uint64_t bytes_written() const { return written_; }
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return tmp_path_; }
+  // Flushes, fsyncs and renames into place. After this the writer is closed.
+  void commit();
+  // Flushes and fsyncs the temp file but leaves it under its temp name (for multi-file
+  // commits); the caller renames it with rename_into_place().
+  std::string finish_temp();
+
+ private:
+  void flush_buffer();
+  std::string path_;
+  std::string tmp_path_;
+  int fd_ = -1;
+  uint64_t written_ = 0;
+  std::vector<char> buf_;
+  bool done_ = false;
+};
+
+// Renames `from` over `to` and fsyncs the destination folder.
+void rename_into_place(const std::string& from, const std::string& to);
+
+// Convenience: atomically replaces `path` with `content`.
+void write_file_atomic(const std::string& path, std::string_view content);
+
+// Reads a whole (small) file; throws Error naming the path on failure.
+std::string read_file(const std::string& path);
+
+bool path_exists(const std::string& path);
+bool is_directory(const std::string& path);
+uint64_t file_size(const std::string& path);
+void make_dirs(const std::string& path);
+std::string path_join(const std::string& a, const std::string& b);
+std::string parent_dir(const std::string& path);
+std::string base_name(const std::string& path);
+void fsync_dir(const std::string& dir);
+
+}  // namespace mgm
