@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 / Ubuntu machine needs to build and test the project:
-# Debian packages (compilers, cmake, ninja, OpenCV, sentencepiece, nlohmann-json, gtest, stb, ccache)
+# Debian packages (compilers, cmake, ninja, OpenCV, sentencepiece, nlohmann-json, gtest, stb, ccache,
+# clang with libFuzzer for the fuzz test)
 # and a Python venv holding torch (whose libtorch the C++ build links) plus the pinned packages
 # the parity tests use. Idempotent: a second run checks and returns in seconds.
 #
@@ -22,6 +23,7 @@ apt_packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libopencv-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev libstb-dev
   python3-venv python3-dev
+  clang libclang-rt-14-dev
 )
 
 install_apt() {
