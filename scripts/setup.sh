@@ -22,15 +22,21 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 apt_packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libopencv-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev libstb-dev
-  python3-venv python3-dev
-  clang libclang-rt-14-dev
+  python3-venv
+  clang
 )
 
 install_apt() {
   [[ "${MGM_SKIP_APT:-0}" == 1 ]] && return 0
   command -v dpkg-query >/dev/null || { log "no dpkg: skipping Debian packages"; return 0; }
-  local missing=()
-  for p in "${apt_packages[@]}"; do
+  local missing=() wanted=("${apt_packages[@]}")
+  # libFuzzer's runtime comes with the compiler-rt package of the installed clang's version.
+  if command -v clang >/dev/null; then
+    local major
+    major="$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)"
+    [[ -n "$major" ]] && wanted+=("libclang-rt-$major-dev")
+  fi
+  for p in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
       missing+=("$p")
     fi
@@ -46,6 +52,8 @@ install_apt() {
   $sudo apt-get update -qq || die "apt-get update failed"
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
     die "apt-get install failed for: ${missing[*]}"
+  # clang was just installed: its compiler-rt (libFuzzer) package can be named only now.
+  if [[ " ${missing[*]} " == *" clang "* ]]; then install_apt; fi
 }
 
 install_venv() {
@@ -71,9 +79,9 @@ install_venv() {
     die "pip upgrade failed"
   "$MGM_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$req" ||
     die "pip install -r scripts/requirements.txt failed"
+  "$MGM_VENV/bin/python" -c 'import torch' || die "torch does not import from $MGM_VENV"
   echo "$want" >"$stamp"
 }
 
 install_apt
 install_venv
-"$MGM_VENV/bin/python" -c 'import torch' 2>/dev/null || die "torch does not import from $MGM_VENV"

@@ -243,7 +243,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   w.commit();
 }
 
-void save_torch_zip(const std::string& path, const NamedTensors& tensors) {
+void save_torch_zip(const std::string& path, const NamedTensors& tensors, bool force_zip64) {
   // torch.save names the archive folder after the file's stem.
   std::string stem = base_name(path);
   auto dot = stem.find('.');
@@ -262,7 +262,7 @@ void save_torch_zip(const std::string& path, const NamedTensors& tensors) {
     data.push_back(c);
   }
   AtomicFileWriter w(path);
-  ZipWriter zip([&w](const void* p, size_t n) { w.write(p, n); });
+  ZipWriter zip([&w](const void* p, size_t n) { w.write(p, n); }, 64, force_zip64);
   const std::string pkl = pickle_state_dict(specs);
   zip.add(stem + "/data.pkl", pkl.data(), pkl.size());
   zip.add(stem + "/.format_version", "1", 1);

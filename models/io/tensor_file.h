@@ -77,7 +77,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 
 // Writes a torch.save-compatible zip (a plain dict of tensors, one storage per tensor) that
 // Python's torch.load(path, weights_only=True) reads back.
-void save_torch_zip(const std::string& path, const NamedTensors& tensors);
+void save_torch_zip(const std::string& path, const NamedTensors& tensors, bool force_zip64 = false);
 
 // Streams tensors into a Hugging Face sharded safetensors folder: a shard is written once it
 // would exceed max_shard_size, so memory stays near one shard. finish() names the shards

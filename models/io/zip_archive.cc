@@ -62,8 +62,9 @@ ZipReader::ZipReader(const uint8_t* data, uint64_t size, std::string what)
     MGM_CHECK_FORMAT(eocd >= 20 && rd32(data_ + eocd - 20) == kZip64LocatorSig, what_,
                      "ZIP64 archive without a ZIP64 locator");
     uint64_t z64 = rd64(data_ + eocd - 20 + 8);
-    MGM_CHECK_FORMAT(z64 + 56 <= size_ && rd32(data_ + z64) == kZip64EocdSig, what_,
-                     "bad ZIP64 end-of-central-directory offset");
+    // Compared as `size_ - z64` so that an offset near 2^64 cannot wrap around the check.
+    MGM_CHECK_FORMAT(z64 <= size_ && size_ - z64 >= 56 && rd32(data_ + z64) == kZip64EocdSig,
+                     what_, "bad ZIP64 end-of-central-directory offset ", z64);
     count = rd64(data_ + z64 + 32);
     cd_size = rd64(data_ + z64 + 40);
     cd_offset = rd64(data_ + z64 + 48);
@@ -157,7 +158,8 @@ void wr64(std::string& s, uint64_t v) {
 }
 }  // namespace
 
-ZipWriter::ZipWriter(Sink sink, uint64_t alignment) : sink_(std::move(sink)), alignment_(alignment) {}
+ZipWriter::ZipWriter(Sink sink, uint64_t alignment, bool force_zip64)
+    : sink_(std::move(sink)), alignment_(alignment), force_zip64_(force_zip64) {}
 
 void ZipWriter::put(const void* p, size_t n) {
   sink_(p, n);
@@ -168,7 +170,7 @@ void ZipWriter::add(const std::string& name, const void* data, uint64_t size) {
   MGM_CHECK(!finished_, "zip: add after finish");
   MGM_CHECK(name.size() < 0xFFFF, "zip: record name too long");
   uint32_t crc = crc32(data, size);
-  const bool z64 = size >= 0xFFFFFFFFull || offset_ >= 0xFFFFFFFFull;
+  const bool z64 = force_zip64_ || size >= 0xFFFFFFFFull || offset_ >= 0xFFFFFFFFull;
   std::string h;
   wr32(h, kLocalSig);
   wr16(h, z64 ? 45 : 20);  // version needed
@@ -209,7 +211,7 @@ void ZipWriter::finish() {
   finished_ = true;
   uint64_t cd_start = offset_;
   for (const auto& e : entries_) {
-    const bool z64 = e.size >= 0xFFFFFFFFull || e.header_offset >= 0xFFFFFFFFull;
+    const bool z64 = force_zip64_ || e.size >= 0xFFFFFFFFull || e.header_offset >= 0xFFFFFFFFull;
     std::string c;
     wr32(c, kCentralSig);
     wr16(c, z64 ? 45 : 20);  // version made by
@@ -240,7 +242,7 @@ void ZipWriter::finish() {
   }
   uint64_t cd_size = offset_ - cd_start;
   uint64_t n = entries_.size();
-  const bool z64 = n >= 0xFFFF || cd_start >= 0xFFFFFFFFull || cd_size >= 0xFFFFFFFFull;
+  const bool z64 = force_zip64_ || n >= 0xFFFF || cd_start >= 0xFFFFFFFFull || cd_size >= 0xFFFFFFFFull;
   std::string t;
   if (z64) {
     uint64_t z64_off = offset_;

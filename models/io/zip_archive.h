@@ -41,7 +41,8 @@ class ZipReader {
 class ZipWriter {
  public:
   using Sink = std::function<void(const void*, size_t)>;
-  explicit ZipWriter(Sink sink, uint64_t alignment = 64);
+  // force_zip64 writes ZIP64 fields even for small archives (tests of the >4 GiB layout).
+  explicit ZipWriter(Sink sink, uint64_t alignment = 64, bool force_zip64 = false);
   void add(const std::string& name, const void* data, uint64_t size);
   void finish();
 
@@ -58,6 +59,7 @@ class ZipWriter {
   uint64_t offset_ = 0;
   std::vector<Entry> entries_;
   bool finished_ = false;
+  bool force_zip64_ = false;
 };
 
 uint32_t crc32(const void* data, size_t n, uint32_t crc = 0);

@@ -119,13 +119,14 @@ TEST_F(Interop, CppWrittenFilesLoadInPython) {
   NamedTensors t = expected();
   save_safetensors(d + "/cpp.safetensors", t, {{"format", "pt"}, {"writer", "mgm"}});
   save_torch_zip(d + "/cpp.bin", t);
+  save_torch_zip(d + "/cpp_zip64.bin", t, /*force_zip64=*/true);
   save_sharded_safetensors(d + "/cpp_sharded", t, /*max_shard_size=*/150);
   std::string out;
   int rc = test::run_python(script() + " check " + d, &out);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("python check OK"), std::string::npos) << out;
   // ...and back: what Python accepted reads here identically.
-  for (const char* f : {"/cpp.safetensors", "/cpp.bin", "/cpp_sharded"}) {
+  for (const char* f : {"/cpp.safetensors", "/cpp.bin", "/cpp_zip64.bin", "/cpp_sharded"}) {
     TensorStore s = TensorStore::open(d + f);
     for (const auto& [name, want] : t) {
       at::Tensor got = s.get(name);
