@@ -11,12 +11,12 @@ jobs="${MGM_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 build="$MGM_BUILD_DIR"
 werror=OFF
 [[ "${CI:-}" == "true" ]] && werror=ON
-mkdir -p "$CCACHE_DIR"
+mkdir -p "$CCACHE_DIR" "$build"
 
 if [[ ! -f "$build/build.ninja" || $# -gt 0 ]]; then
   cmake -S . -B "$build" -G Ninja \
     -DMGM_PYTHON="$MGM_VENV/bin/python" \
     -DMGM_WERROR="$werror" \
-    "$@" >"$build.configure.log" 2>&1 || { cat "$build.configure.log" >&2; echo "[build] cmake configure failed" >&2; exit 1; }
+    "$@" >"$build/configure.log" 2>&1 || { cat "$build/configure.log" >&2; echo "[build] cmake configure failed" >&2; exit 1; }
 fi
 cmake --build "$build" -j "$jobs"
