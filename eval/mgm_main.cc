@@ -2,11 +2,24 @@
 #include <vector>
 
 #include "common/cli.h"
+#include "data/cli_data.h"
+#include "eval/cli_score.h"
 #include "models/cli_weights.h"
+
+namespace {
+
+void append(std::vector<mgm::cli::Command>& to, std::vector<mgm::cli::Command> from) {
+  for (auto& c : from) to.push_back(std::move(c));
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   return mgm::cli::run_main([&] {
-    std::vector<mgm::cli::Command> commands = mgm::models::weights_commands();
+    std::vector<mgm::cli::Command> commands;
+    append(commands, mgm::models::weights_commands());
+    append(commands, mgm::eval::score_commands());
+    append(commands, mgm::data::data_commands());
     return mgm::cli::dispatch("mgm", commands, argc, argv);
   });
 }

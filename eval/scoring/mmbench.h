@@ -1,0 +1,112 @@
+// MMBench scoring as VLMEvalKit's circular evaluation does it with exact matching (no LLM
+// judge): rule-based answer extraction (can_infer), groups of rows sharing index % 1,000,000,
+// accuracy overall, per l2-category and per category, and per-answer resolution logs.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mgm::eval {
+
+// Which VLMEvalKit matching rules to apply.
+//   k2024: the rules in use when MGM came out (VLMEvalKit e079c18c, 2024-05).
+//   k2025: adds PR #1175 (the option letter must be among the last 4 tokens; the text rule is
+//          skipped for answers longer than twice the option texts) and, as a last resort, the
+//          "(correct) answer is X" rule of later versions.
+enum class McqMatcher { k2024, k2025 };
+McqMatcher parse_mcq_matcher(const std::string& s);  // "2024" | "2025"; UsageError otherwise
+const char* mcq_matcher_name(McqMatcher m);
+
+struct McqChoice {
+  std::string letter;  // "A".."Z"
+  std::string text;
+};
+
+// How an answer was resolved; letter is "" when the rules could not decide (Python's False).
+struct McqInference {
+  std::string letter;
+  std::string
+      rule;  // "refusal", "option-letter", "z-token", "option-text", "answer-is", "unresolved"
+};
+
+McqInference can_infer(const std::string& answer, const std::vector<McqChoice>& choices,
+                       McqMatcher matcher);
+
+constexpr int64_t kCircularModulus = 1000000;
+
+// One row of the question TSV (a base question or one of its circular variants).
+struct MmbQuestion {
+  int64_t index = 0;
+  size_t line = 0;                 // line in the TSV where the row starts
+  std::vector<McqChoice> choices;  // options present (not NA), in letter order
+  std::string answer, category, l2_category, split;
+};
+
+// pandas.read_table semantics that matter here: header row, tabs, '"'-quoted fields (which may
+// hold tabs and newlines), blank lines skipped, and pandas' default NA strings ("", "nan",
+// "None", "N/A", "NA", "null", ...) meaning a missing option. A row with the wrong number of
+// fields, a bad index, a duplicate index or no answer is a FormatError naming file and line.
+std::vector<MmbQuestion> read_mmbench_questions(const std::string& tsv_path);
+
+// Base index -> positions of its rows in `questions`, in ascending index order. Only groups with
+// a base row (index < 1e6) are kept, as in the reference.
+std::map<int64_t, std::vector<size_t>> mmbench_circular_groups(
+    const std::vector<MmbQuestion>& questions);
+
+struct MmbRowResult {
+  int64_t index = 0;
+  std::string answer;  // ground truth letter
+  bool has_prediction = false;
+  std::string prediction;  // "nan" when missing (what the reference pipeline scores)
+  McqInference inferred;
+};
+
+struct MmbGroupResult {
+  int64_t index = 0;  // base index
+  std::string category, l2_category, split;
+  std::string status;  // "right", "wrong" or "unresolved" (counted as wrong: no judge)
+  bool hit = false;
+  std::vector<MmbRowResult> rows;
+};
+
+struct MmbAccuracy {
+  std::string column;  // "Overall", an l2 abbreviation or a category
+  std::string kind;    // "overall", "l2-category", "category"
+  std::map<std::string, std::pair<size_t, size_t>> by_split;  // split -> (hits, questions)
+};
+
+struct MmbenchScore {
+  McqMatcher matcher = McqMatcher::k2024;
+  std::string question_file, result_file;
+  std::vector<MmbGroupResult> groups;
+  std::vector<std::string> splits;    // sorted
+  std::vector<MmbAccuracy> accuracy;  // Overall, l2 (sorted by full name), categories (sorted)
+  size_t rows = 0, answer_lines = 0, duplicate_answers = 0;
+  std::vector<int64_t> missing_predictions;  // TSV rows with no answer line
+  std::vector<int64_t> unknown_predictions;  // answer lines whose question_id is not in the TSV
+};
+
+// Reads the TSV and the answers JSONL ({"question_id": index, "text": ...}; a later line for the
+// same id replaces an earlier one, as convert_mmbench_for_submission.py does) and scores them.
+MmbenchScore score_mmbench(const std::string& question_file, const std::string& result_file,
+                           McqMatcher matcher);
+
+// VLMEvalKit's l2-category abbreviations (CP, FP-S, FP-C, AR, RR, LR); unknown names unchanged.
+std::string mmbench_l2_abbreviation(const std::string& l2);
+
+std::string mmbench_terminal_report(const MmbenchScore& s);
+// `<stem>_acc.csv` in VLMEvalKit's report_acc layout (split, Overall, l2..., categories...; 0..1).
+std::string mmbench_acc_csv(const MmbenchScore& s);
+// Per-row listing: how each answer was resolved and each group's outcome.
+std::string mmbench_result_csv(const MmbenchScore& s);
+std::string mmbench_markdown(const MmbenchScore& s);
+// Writes <stem>_acc.csv, <stem>_result.csv and <stem>_report.md into out_dir (default: the
+// result file's folder); returns the paths written.
+std::vector<std::string> write_mmbench_reports(const MmbenchScore& s, const std::string& out_dir);
+
+// Python's repr() of a float (shortest round-trip digits), as pandas writes floats to CSV.
+std::string python_float_repr(double v);
+
+}  // namespace mgm::eval
