@@ -1,0 +1,135 @@
+#include "data/conversation.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/strings.h"
+
+namespace mgm::data {
+namespace {
+
+const std::string kStartOfTurn = "<start_of_turn>";
+const std::string kEndOfTurn = "<end_of_turn>";
+
+std::vector<std::string> split_all(const std::string& s, const std::string& sep) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while (true) {
+    size_t f = s.find(sep, pos);
+    if (f == std::string::npos) {
+      out.push_back(s.substr(pos));
+      return out;
+    }
+    out.push_back(s.substr(pos, f - pos));
+    pos = f + sep.size();
+  }
+}
+
+}  // namespace
+
+Template parse_template(const std::string& version) {
+  if (version == "gemma") return Template::kGemma;
+  if (version == "plain") return Template::kPlain;
+  throw UsageError(
+      str_cat("unknown conversation template '", version, "' (supported: gemma, plain)"));
+}
+
+std::vector<Turn> move_image_to_front(std::vector<Turn> turns) {
+  for (auto& t : turns) {
+    size_t f = t.value.find(kImageToken);
+    if (f == std::string::npos) continue;
+    std::string v = t.value;
+    size_t p;
+    while ((p = v.find(kImageToken)) != std::string::npos)
+      v.erase(p, std::string(kImageToken).size());
+    t.value = std::string(kImageToken) + "\n" + trim(v);
+  }
+  return turns;
+}
+
+std::string render_prompt(Template t, const std::vector<Turn>& turns) {
+  std::string out;
+  if (t == Template::kPlain) {
+    MGM_CHECK(turns.size() == 2, "plain template needs exactly 2 turns, got ", turns.size());
+    return std::string(kImageToken) + turns[1].value + "\n";
+  }
+  for (size_t i = 0; i < turns.size(); ++i) {
+    const std::string role = turns[i].from == "human" ? "user" : "model";
+    out += kStartOfTurn + role + "\n" + turns[i].value + kEndOfTurn + "\n" + (i % 2 ? "<eos>" : "");
+  }
+  return out;
+}
+
+std::string render_generation_prompt(Template t, const std::string& question) {
+  if (t == Template::kPlain) return question;
+  return kStartOfTurn + "user\n" + question + kEndOfTurn + "\n" + kStartOfTurn + "model\n";
+}
+
+TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vector<Turn> turns,
+                                      bool has_image, int64_t model_max_length) {
+  TokenizedSample s;
+  auto enc = [&](const std::string& text) {
+    return has_image ? tok.encode_with_image(text) : tok.encode(text);
+  };
+  if (t == Template::kPlain) {
+    MGM_CHECK(turns.size() == 2, "plain template needs exactly 2 turns, got ", turns.size());
+    MGM_CHECK(turns[0].value.find(kImageToken) != std::string::npos,
+              "plain template needs '<image>' in the first turn");
+    turns[0].value = kImageToken;
+    std::string conv = turns[0].value + turns[1].value + "\n";
+    s.input_ids = tok.encode_with_image(conv);
+    s.labels = s.input_ids;
+    size_t masked = std::min(s.input_ids.size(), tok.encode_with_image(turns[0].value).size());
+    std::fill(s.labels.begin(), s.labels.begin() + static_cast<std::ptrdiff_t>(masked),
+              kIgnoreIndex);
+    return s;
+  }
+  // gemma
+  if (!turns.empty() && turns[0].from != "human") turns.erase(turns.begin());
+  for (size_t i = 0; i < turns.size(); ++i) {
+    const char* want = i % 2 == 0 ? "human" : "gpt";
+    if (turns[i].from != want)
+      throw Error(str_cat("conversation does not alternate human/gpt: turn ", i, " is from '",
+                          turns[i].from, "', expected '", want, "'"));
+  }
+  const std::string conv = render_prompt(t, turns);
+  s.input_ids = enc(conv);
+  if (!has_image && static_cast<int64_t>(s.input_ids.size()) > model_max_length)
+    s.input_ids.resize(static_cast<size_t>(model_max_length));  // tokenizer(truncation=True)
+  s.labels = s.input_ids;
+  const int64_t total_len = std::count_if(s.input_ids.begin(), s.input_ids.end(),
+                                          [&](int64_t id) { return id != tok.pad_id(); });
+  const std::string sep = kStartOfTurn + "model\n";
+  auto mask = [&](int64_t from, int64_t to) {
+    from = std::max<int64_t>(from, 0);
+    to = std::min<int64_t>(to, static_cast<int64_t>(s.labels.size()));
+    for (int64_t k = from; k < to; ++k) s.labels[static_cast<size_t>(k)] = kIgnoreIndex;
+  };
+  int64_t cur_len = 1;
+  mask(0, 1);
+  for (const auto& rou : split_all(conv, "<eos>")) {
+    if (rou.empty()) break;
+    auto parts = split_all(rou, sep);
+    if (parts.size() != 2) {
+      s.problem = str_cat(
+          "a round does not split into instruction and answer at '<start_of_turn>model\\n' (",
+          parts.size(), " parts)");
+      break;
+    }
+    parts[0] += sep;
+    const int64_t round_len = static_cast<int64_t>(enc(rou).size());
+    const int64_t instruction_len = static_cast<int64_t>(enc(parts[0]).size()) - 1;
+    mask(cur_len, cur_len + instruction_len);
+    cur_len += round_len;
+  }
+  mask(cur_len, static_cast<int64_t>(s.labels.size()));
+  if (cur_len < model_max_length && cur_len != total_len) {
+    mask(0, static_cast<int64_t>(s.labels.size()));
+    if (s.problem.empty())
+      s.problem = str_cat("tokenization mismatch: ", cur_len, " vs. ", total_len,
+                          " (the template's rounds do not tokenize to the whole sequence)");
+  }
+  return s;
+}
+
+}  // namespace mgm::data

@@ -1,0 +1,125 @@
+// Image preprocessing parity with PIL + transformers' CLIPImageProcessor (PIL path): decode and
+// convert('RGB') of RGB/L/RGBA/P/I;16/LA/1 PNGs and JPEGs, 'square' and 'pad' modes, the
+// antialiased bicubic resize, crop, rescale and normalise.
+#include "data/image.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/json.h"
+#include "models/io/formats.h"
+#include "tests_util.h"
+
+namespace mgm::data {
+namespace {
+
+struct Ref {
+  std::shared_ptr<MappedFile> map;
+  models::io::FileIndex index;
+  const models::io::TensorRecord& rec(const std::string& name) const {
+    for (const auto& t : index.tensors)
+      if (t.name == name) return t;
+    throw Error("reference has no " + name);
+  }
+  const uint8_t* bytes(const std::string& name) const {
+    return map->data() + rec(name).data_offset;
+  }
+};
+
+TEST(Image, MatchesPilAndClipImageProcessor) {
+  std::string d = test::temp_dir("imgref");
+  std::string out;
+  ASSERT_EQ(test::run_python(test::source_dir() + "/tests/parity/image_reference.py " + d, &out), 0)
+      << out;
+  Ref ref;
+  ref.map = MappedFile::open(d + "/reference.safetensors");
+  ref.index = models::io::parse_safetensors(ref.map->data(), ref.map->size(), "reference");
+  Json cases = read_json_file(d + "/cases.json");
+  ASSERT_GE(cases.size(), 20u);
+  size_t total = 0, equal = 0;  // over the cases that must be exact
+  int worst = 0;
+  double worst_px = 0;
+  for (const auto& c : cases) {
+    const std::string tag = std::to_string(c["k"].get<int>()) + "_" + c["mode"].get<std::string>() +
+                            "_" + std::to_string(c["size"].get<int>());
+    ImageProcessorConfig cfg;
+    cfg.shortest_edge = cfg.crop = c["size"].get<int>();
+    RgbImage img = decode_image_file(c["file"].get<std::string>());
+    RgbImage u8 = preprocess_uint8(img, cfg, parse_aspect_mode(c["mode"].get<std::string>()));
+    ASSERT_EQ(u8.width, cfg.crop);
+    ASSERT_EQ(u8.height, cfg.crop);
+    const uint8_t* want = ref.bytes("u8_" + tag);
+    int case_worst = 0;
+    size_t case_equal = 0;
+    for (size_t i = 0; i < u8.pixels.size(); ++i) {
+      int diff = std::abs(static_cast<int>(u8.pixels[i]) - want[i]);
+      case_worst = std::max(case_worst, diff);
+      case_equal += diff == 0;
+    }
+#ifndef MGM_WITH_OPENCV
+    // stb_image (the fallback decoder) decodes JPEG with its own IDCT: close, not identical.
+    if (c["file"].get<std::string>().find(".jpg") != std::string::npos) {
+      EXPECT_LE(case_worst, 8) << tag;
+      continue;
+    }
+#endif
+    total += u8.pixels.size();
+    equal += case_equal;
+    worst = std::max(worst, case_worst);
+    EXPECT_EQ(case_worst, 0) << tag << " (" << c["file"].get<std::string>() << ")";
+    std::vector<float> px = normalize_chw(u8, cfg);
+    std::vector<float> want_px(px.size());
+    std::memcpy(want_px.data(), ref.bytes("px_" + tag), px.size() * sizeof(float));
+    for (size_t i = 0; i < px.size(); ++i)
+      worst_px = std::max(worst_px, static_cast<double>(std::fabs(px[i] - want_px[i])));
+  }
+  EXPECT_EQ(equal, total) << "uint8 pixels equal: " << equal << "/" << total << ", worst diff "
+                          << worst;
+  EXPECT_LE(worst_px, 1e-6) << "normalised tensors differ";
+}
+
+TEST(Image, GeometryHelpers) {
+  EXPECT_EQ(shortest_edge_size(1000, 500, 768), (std::array<int, 2>{1536, 768}));
+  EXPECT_EQ(shortest_edge_size(333, 1000, 768), (std::array<int, 2>{768, 2306}));
+  ImageProcessorConfig cfg;
+  EXPECT_EQ(cfg.pad_color(), (std::array<uint8_t, 3>{122, 116, 104}));
+  RgbImage wide(4, 2);
+  RgbImage sq = expand_to_square(wide, {9, 8, 7});
+  ASSERT_EQ(sq.width, 4);
+  ASSERT_EQ(sq.height, 4);
+  EXPECT_EQ(sq.at(0, 0)[0], 9);  // background row above
+  EXPECT_EQ(sq.at(0, 1)[0], 0);  // pasted image at rows 1..2
+  EXPECT_EQ(sq.at(0, 3)[2], 7);
+  RgbImage small(2, 2);
+  small.at(0, 0)[0] = 50;
+  RgbImage padded = center_crop(small, 4, 4);  // larger crop: zero padding, image centred
+  EXPECT_EQ(padded.at(1, 1)[0], 50);
+  EXPECT_EQ(padded.at(0, 0)[0], 0);
+}
+
+TEST(Image, BadFilesNameThePath) {
+  std::string d = test::temp_dir("badimg");
+  write_file_atomic(d + "/x.jpg", "not an image at all");
+  try {
+    decode_image_file(d + "/x.jpg");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(d + "/x.jpg: cannot decode image"), std::string::npos)
+        << e.what();
+  }
+  try {
+    decode_image_file(d + "/missing.png");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.png: image file not found"), std::string::npos);
+  }
+  write_file_atomic(d + "/empty.png", "");
+  EXPECT_THROW(decode_image_file(d + "/empty.png"), Error);
+}
+
+}  // namespace
+}  // namespace mgm::data
