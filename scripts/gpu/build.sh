@@ -10,6 +10,10 @@ mkdir -p "$prefix"
 for f in "$here"/debs/*.deb; do dpkg -x "$f" "$prefix"; done
 python="${MGM_PYTHON:-/opt/torch/.venv/bin/python3}"
 export PATH="$prefix/usr/bin:$PATH"
+export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+# sentencepiece is found through pkg-config; its .pc file says /usr, hence the sysroot.
+export PKG_CONFIG_PATH="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$prefix/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$prefix"
 build="${MGM_BUILD_DIR:-$root/build-gpu}"
 cmake -S "$root" -B "$build" -G Ninja \
   -DMGM_PYTHON="$python" -DMGM_WITH_OPENCV=OFF -DMGM_WITH_CUDA=ON -DMGM_USE_CCACHE=OFF \

@@ -7,5 +7,5 @@ mkdir -p "$here/debs"
 cd "$here/debs"
 apt-get download -qq \
   libsentencepiece-dev libsentencepiece0 nlohmann-json3-dev libgtest-dev googletest libstb-dev libstb0 \
-  ninja-build 2>&1 | grep -v "^W:" || true
+  ninja-build pkg-config pkgconf pkgconf-bin libpkgconf3 2>&1 | grep -v "^W:" || true
 ls -1 "$here/debs"
