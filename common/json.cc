@@ -10,6 +10,8 @@ Json parse_json(const std::string& text, const std::string& what) {
     return Json::parse(text);
   } catch (const Json::parse_error& e) {
     throw FormatError(what, str_cat("invalid JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const Json::exception& e) {  // e.g. out_of_range for a number like 1e999
+    throw FormatError(what, str_cat("invalid JSON: ", e.what()));
   }
 }
 

@@ -60,6 +60,9 @@ FileIndex parse_safetensors(const uint8_t* data, uint64_t size, const std::strin
     header = Json::parse(text, text + n, cb);
   } catch (const Json::parse_error& e) {
     throw FormatError(what, str_cat("invalid header JSON at byte ", e.byte, ": ", e.what()));
+  } catch (const Json::exception& e) {
+    // out_of_range for numbers beyond double's range ("1e999"), which is not a parse_error.
+    throw FormatError(what, str_cat("invalid header JSON: ", e.what()));
   }
   MGM_CHECK_FORMAT(dup.empty(), what, "duplicate tensor name '", dup, "' in the header");
   MGM_CHECK_FORMAT(header.is_object(), what, "header is not a JSON object");
@@ -90,7 +93,9 @@ FileIndex parse_safetensors(const uint8_t* data, uint64_t size, const std::strin
                      "': data_offsets must be [begin, end]");
     auto dtype = dtype_from_name(dt->get<std::string>());
     MGM_CHECK_FORMAT(dtype.has_value(), what, "tensor '", name, "': unknown dtype '",
-                     dt->get<std::string>(), "'");
+                     dt->get<std::string>(),
+                     "' (expected BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F64, "
+                     "F8_E5M2 or F8_E4M3)");
     TensorRecord r;
     r.name = name;
     r.dtype = *dtype;
@@ -144,8 +149,13 @@ FileIndex parse_safetensors(const uint8_t* data, uint64_t size, const std::strin
   }
   MGM_CHECK_FORMAT(expect == size, what, "data buffer has ", size - expect,
                    " bytes not covered by any tensor");
-  std::sort(out.tensors.begin(), out.tensors.end(),
-            [](const TensorRecord& a, const TensorRecord& b) { return a.data_offset < b.data_offset; });
+  // File order; empty tensors sharing an offset with the next one come first, then by name, so
+  // that the order does not depend on the sort implementation.
+  std::sort(out.tensors.begin(), out.tensors.end(), [](const TensorRecord& a, const TensorRecord& b) {
+    if (a.data_offset != b.data_offset) return a.data_offset < b.data_offset;
+    if (a.storage_nbytes != b.storage_nbytes) return a.storage_nbytes < b.storage_nbytes;
+    return a.name < b.name;
+  });
   return out;
 }
 
@@ -201,10 +211,12 @@ FileIndex parse_torch_zip(const uint8_t* data, uint64_t size, const std::string&
 
 FileIndex parse_tensor_file(const uint8_t* data, uint64_t size, const std::string& what) {
   if (size >= 4 && std::memcmp(data, "PK\x03\x04", 4) == 0) return parse_torch_zip(data, size, what);
+  // Safetensors is tested before the legacy pickle: a header of 128 + 256k bytes (k <= 5) starts
+  // with the bytes 0x80 k, which look like a pickle PROTO opcode.
+  if (size >= 9 && data[8] == '{') return parse_safetensors(data, size, what);
   if (size >= 2 && data[0] == 0x80 && data[1] <= 5)
     throw FormatError(what, "legacy (pre-1.6, non-zip) torch.save format is not supported; "
                             "re-save it with torch.save in PyTorch >= 1.6");
-  if (size >= 9 && data[8] == '{') return parse_safetensors(data, size, what);
   throw FormatError(what, "neither a safetensors file nor a torch.save zip archive");
 }
 

@@ -1,5 +1,6 @@
 #include "models/io/pickle.h"
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <set>
@@ -24,8 +25,9 @@ class Unpickler {
       if (op == '.') break;  // STOP
       step(op);
     }
-    MGM_CHECK_FORMAT(stack_.size() == 1 && marks_.empty(), what_,
-                     "pickle ends with ", stack_.size(), " values on the stack (expected 1)");
+    if (!marks_.empty()) fail("STOP with an unclosed MARK");
+    if (stack_.size() != 1)
+      fail("STOP with " + std::to_string(stack_.size()) + " values on the stack (expected 1)");
     res_.root = stack_.back();
     return std::move(res_);
   }
@@ -64,18 +66,29 @@ class Unpickler {
     res_.arena.back()->type = t;
     return res_.arena.back().get();
   }
+  // Names the opcode being executed, for messages: "'s' (0x73)".
+  std::string op_desc() const {
+    char buf[16];
+    if (op_ >= 0x20 && op_ < 0x7f) std::snprintf(buf, sizeof buf, "'%c' (0x%02x)", op_, op_);
+    else std::snprintf(buf, sizeof buf, "0x%02x", op_);
+    return buf;
+  }
+  [[noreturn]] void underflow() {
+    fail("stack underflow: opcode " + op_desc() + " needs more values than the stack holds" +
+         (marks_.empty() ? std::string() : std::string(" above the last MARK")));
+  }
   PyObj* pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) underflow();
     PyObj* o = stack_.back();
     stack_.pop_back();
     return o;
   }
   PyObj* top() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) underflow();
     return stack_.back();
   }
   std::vector<PyObj*> pop_mark() {
-    if (marks_.empty()) fail("no MARK on the stack");
+    if (marks_.empty()) fail("opcode " + op_desc() + " without a MARK on the stack");
     size_t m = marks_.back();
     marks_.pop_back();
     std::vector<PyObj*> items(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
@@ -238,6 +251,7 @@ class Unpickler {
   }
 
   void step(uint8_t op) {
+    op_ = op;
     switch (op) {
       case 0x80: {  // PROTO
         uint64_t v = le(1);
@@ -443,6 +457,7 @@ class Unpickler {
   const uint8_t* end_;
   size_t total_ = static_cast<size_t>(end_ - p_);
   const std::string& what_;
+  uint8_t op_ = 0;
   std::vector<PyObj*> stack_;
   std::vector<size_t> marks_;
   std::map<uint64_t, PyObj*> memo_;
@@ -450,10 +465,24 @@ class Unpickler {
   PickleResult res_;
 };
 
-void walk(const PyObj* o, const std::string& prefix, int depth, StateDictIndex& out,
-          std::set<std::string>& names, const std::string& what) {
+struct WalkState {
+  StateDictIndex& out;
+  std::set<std::string> names;
+  // Entries left to visit. A dict referenced from several places (through the memo) is walked
+  // once per reference, so dicts shared at every level would expand exponentially: the walk is
+  // bounded by a small multiple of the number of objects in the pickle.
+  uint64_t budget;
+};
+
+void walk(const PyObj* o, const std::string& prefix, int depth, WalkState& ws,
+          const std::string& what) {
+  StateDictIndex& out = ws.out;
   if (depth > 64) throw FormatError(what, "state dict nested too deeply (or cyclic) at '" + prefix + "'");
   for (const auto& [k, v] : o->dict) {
+    if (ws.budget == 0)
+      throw FormatError(what, "state dict expands to too many entries (dicts shared by reference "
+                              "at many levels) under '" + prefix + "'");
+    --ws.budget;
     std::string key;
     if (k->type == PyObj::Type::kStr) key = k->s;
     else if (k->type == PyObj::Type::kInt) key = std::to_string(k->i);
@@ -473,7 +502,13 @@ void walk(const PyObj* o, const std::string& prefix, int depth, StateDictIndex& 
         }
         if (!checked_numel(v->sizes.data(), v->sizes.size()))
           throw FormatError(what, "tensor '" + name + "': shape overflows");
-        if (!empty) {
+        if (empty) {
+          // Nothing is read, but the offset still becomes a pointer into the file's bytes.
+          if (static_cast<uint64_t>(v->storage_offset) > s->numel)
+            throw FormatError(what, "tensor '" + name + "': empty view's offset " +
+                                        std::to_string(v->storage_offset) + " is beyond its storage of " +
+                                        std::to_string(s->numel) + " elements");
+        } else {
           for (size_t d = 0; d < v->sizes.size(); ++d) {
             auto m = checked_mul(static_cast<uint64_t>(v->sizes[d] - 1), static_cast<uint64_t>(v->strides[d]));
             if (!m || *m > UINT64_MAX / 2 - extent) throw FormatError(what, "tensor '" + name + "': strides overflow");
@@ -481,9 +516,11 @@ void walk(const PyObj* o, const std::string& prefix, int depth, StateDictIndex& 
           }
           if (static_cast<uint64_t>(v->storage_offset) + extent >= s->numel)
             throw FormatError(what, "tensor '" + name + "': view (offset " + std::to_string(v->storage_offset) +
+                                        ", last element " +
+                                        std::to_string(static_cast<uint64_t>(v->storage_offset) + extent) +
                                         ") reaches beyond its storage of " + std::to_string(s->numel) + " elements");
         }
-        if (!names.insert(name).second) throw FormatError(what, "duplicate tensor name '" + name + "'");
+        if (!ws.names.insert(name).second) throw FormatError(what, "duplicate tensor name '" + name + "'");
         PickledTensor t;
         t.name = name;
         t.storage_key = s->s;
@@ -496,7 +533,7 @@ void walk(const PyObj* o, const std::string& prefix, int depth, StateDictIndex& 
         break;
       }
       case PyObj::Type::kDict:
-        walk(v, name, depth + 1, out, names, what);
+        walk(v, name, depth + 1, ws, what);
         break;
       default: {
         static const char* kTypeNames[] = {"None", "bool", "int", "float", "str", "bytes", "tuple",
@@ -551,8 +588,8 @@ StateDictIndex index_state_dict(const PickleResult& r, const std::string& what) 
   if (r.root == nullptr || r.root->type != PyObj::Type::kDict)
     throw FormatError(what, "the pickled object is not a dict of tensors (a state dict)");
   StateDictIndex out;
-  std::set<std::string> names;
-  walk(r.root, "", 0, out, names, what);
+  WalkState ws{out, {}, 16 * static_cast<uint64_t>(r.arena.size()) + 4096};
+  walk(r.root, "", 0, ws, what);
   return out;
 }
 
