@@ -228,6 +228,11 @@ int dispatch(const std::string& program, const std::vector<Command>& commands, i
   std::vector<std::string> names;
   for (const auto& c : commands)
     if (c.group == group) names.push_back(c.name);
+  // A group with one unnamed command takes its flags directly: `mgm logits --model-dir ...`.
+  if (names.size() == 1 && names[0].empty()) {
+    for (const auto& c : commands)
+      if (c.group == group) return c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+  }
   if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
     std::printf("usage: %s %s <command> [flags]\n\ncommands:\n", program.c_str(), group.c_str());
     for (const auto& c : commands)

@@ -5,6 +5,7 @@
 #include "data/cli_data.h"
 #include "eval/cli_score.h"
 #include "models/cli_weights.h"
+#include "models/mgm.h"
 
 namespace {
 
@@ -20,6 +21,7 @@ int main(int argc, char** argv) {
     append(commands, mgm::models::weights_commands());
     append(commands, mgm::eval::score_commands());
     append(commands, mgm::data::data_commands());
+    append(commands, mgm::models::logits_commands());
     return mgm::cli::dispatch("mgm", commands, argc, argv);
   });
 }
