@@ -7,14 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "data/llava.h"
 #include "data/tokenizer.h"
 
 namespace mgm::data {
-
-struct Turn {
-  std::string from;  // "human" | "gpt" (LLaVA names)
-  std::string value;
-};
 
 enum class Template { kGemma, kPlain };
 Template parse_template(const std::string& version);  // "gemma", "plain"; UsageError otherwise
