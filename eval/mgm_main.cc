@@ -4,6 +4,7 @@
 #include "common/cli.h"
 #include "data/cli_data.h"
 #include "data/cli_validate.h"
+#include "eval/cli_inspect.h"
 #include "eval/cli_score.h"
 #include "models/cli_weights.h"
 #include "models/mgm.h"
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
     append(commands, mgm::eval::score_commands());
     append(commands, mgm::data::data_commands());
     append(commands, mgm::data::validate_commands());
+    append(commands, mgm::eval::inspect_commands());
     append(commands, mgm::models::logits_commands());
     return mgm::cli::dispatch("mgm", commands, argc, argv);
   });
