@@ -43,4 +43,45 @@ int64_t json_int(const Json& j, const std::string& key, const std::string& what)
   return v.get<int64_t>();
 }
 
+namespace {
+const Json* optional_value(const Json& j, const std::string& key) {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+}  // namespace
+
+int64_t json_int_or(const Json& j, const std::string& key, int64_t dflt, const std::string& what) {
+  const Json* v = optional_value(j, key);
+  if (v == nullptr) return dflt;
+  if (!v->is_number_integer())
+    throw FormatError(what, str_cat("key '", key, "' must be an integer, found ", v->dump()));
+  return v->get<int64_t>();
+}
+
+double json_double_or(const Json& j, const std::string& key, double dflt, const std::string& what) {
+  const Json* v = optional_value(j, key);
+  if (v == nullptr) return dflt;
+  if (!v->is_number())
+    throw FormatError(what, str_cat("key '", key, "' must be a number, found ", v->dump()));
+  return v->get<double>();
+}
+
+bool json_bool_or(const Json& j, const std::string& key, bool dflt, const std::string& what) {
+  const Json* v = optional_value(j, key);
+  if (v == nullptr) return dflt;
+  if (!v->is_boolean())
+    throw FormatError(what, str_cat("key '", key, "' must be true or false, found ", v->dump()));
+  return v->get<bool>();
+}
+
+std::string json_string_or(const Json& j, const std::string& key, const std::string& dflt,
+                           const std::string& what) {
+  const Json* v = optional_value(j, key);
+  if (v == nullptr) return dflt;
+  if (!v->is_string())
+    throw FormatError(what, str_cat("key '", key, "' must be a string, found ", v->dump()));
+  return v->get<std::string>();
+}
+
 }  // namespace mgm

@@ -22,4 +22,12 @@ const Json& json_at(const Json& j, const std::string& key, const std::string& wh
 std::string json_string(const Json& j, const std::string& key, const std::string& what);
 int64_t json_int(const Json& j, const std::string& key, const std::string& what);
 
+// Optional keys: `dflt` when absent or null; FormatError naming `what` and the key when the
+// value has the wrong type (config files).
+int64_t json_int_or(const Json& j, const std::string& key, int64_t dflt, const std::string& what);
+double json_double_or(const Json& j, const std::string& key, double dflt, const std::string& what);
+bool json_bool_or(const Json& j, const std::string& key, bool dflt, const std::string& what);
+std::string json_string_or(const Json& j, const std::string& key, const std::string& dflt,
+                           const std::string& what);
+
 }  // namespace mgm

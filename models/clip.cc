@@ -17,24 +17,6 @@
 
 namespace mgm::models {
 
-namespace {
-
-int64_t int_or(const Json& j, const char* key, int64_t def, const std::string& what) {
-  if (!j.contains(key) || j.at(key).is_null()) return def;
-  MGM_CHECK(j.at(key).is_number_integer(), what, ": \"", key, "\" must be an integer, found ",
-            j.at(key).dump());
-  return j.at(key).get<int64_t>();
-}
-
-double double_or(const Json& j, const char* key, double def, const std::string& what) {
-  if (!j.contains(key) || j.at(key).is_null()) return def;
-  MGM_CHECK(j.at(key).is_number(), what, ": \"", key, "\" must be a number, found ",
-            j.at(key).dump());
-  return j.at(key).get<double>();
-}
-
-}  // namespace
-
 void ClipVisionConfig::validate(const std::string& what) const {
   MGM_CHECK(hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 &&
                 num_attention_heads > 0 && num_channels > 0 && image_size > 0 && patch_size > 0,
@@ -55,14 +37,14 @@ ClipVisionConfig ClipVisionConfig::from_json(const Json& root, const std::string
   const std::string w = nested ? what + " (vision_config)" : what;
   MGM_CHECK(j.is_object(), w, ": must be a JSON object");
   ClipVisionConfig c;
-  c.hidden_size = int_or(j, "hidden_size", c.hidden_size, w);
-  c.intermediate_size = int_or(j, "intermediate_size", c.intermediate_size, w);
-  c.num_hidden_layers = int_or(j, "num_hidden_layers", c.num_hidden_layers, w);
-  c.num_attention_heads = int_or(j, "num_attention_heads", c.num_attention_heads, w);
-  c.num_channels = int_or(j, "num_channels", c.num_channels, w);
-  c.image_size = int_or(j, "image_size", c.image_size, w);
-  c.patch_size = int_or(j, "patch_size", c.patch_size, w);
-  c.layer_norm_eps = double_or(j, "layer_norm_eps", c.layer_norm_eps, w);
+  c.hidden_size = json_int_or(j, "hidden_size", c.hidden_size, w);
+  c.intermediate_size = json_int_or(j, "intermediate_size", c.intermediate_size, w);
+  c.num_hidden_layers = json_int_or(j, "num_hidden_layers", c.num_hidden_layers, w);
+  c.num_attention_heads = json_int_or(j, "num_attention_heads", c.num_attention_heads, w);
+  c.num_channels = json_int_or(j, "num_channels", c.num_channels, w);
+  c.image_size = json_int_or(j, "image_size", c.image_size, w);
+  c.patch_size = json_int_or(j, "patch_size", c.patch_size, w);
+  c.layer_norm_eps = json_double_or(j, "layer_norm_eps", c.layer_norm_eps, w);
   if (j.contains("hidden_act")) {
     MGM_CHECK(j.at("hidden_act").is_string(), w, ": \"hidden_act\" must be a string");
     c.hidden_act = j.at("hidden_act").get<std::string>();

@@ -34,26 +34,6 @@ int64_t get_int(const Json& j, const char* key, const std::string& what) {
   return json_int(j, key, what);
 }
 
-int64_t get_int_or(const Json& j, const char* key, int64_t dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  return json_int(j, key, what);
-}
-
-double get_double_or(const Json& j, const char* key, double dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_number(), what, "key '", key, "' must be a number");
-  return it->get<double>();
-}
-
-bool get_bool_or(const Json& j, const char* key, bool dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_boolean(), what, "key '", key, "' must be true or false");
-  return it->get<bool>();
-}
-
 // eos_token_id may be an integer or a list of them.
 int64_t get_token_id(const Json& j, const char* key, int64_t dflt, const std::string& what) {
   auto it = j.find(key);
@@ -88,21 +68,21 @@ GemmaConfig GemmaConfig::from_json(const Json& j, const std::string& what,
   c.num_key_value_heads = get_int(j, "num_key_value_heads", what);
   c.head_dim = get_int(j, "head_dim", what);
   // The rest defaults as transformers' GemmaConfig does.
-  c.max_position_embeddings = get_int_or(j, "max_position_embeddings", 8192, what);
-  c.rms_norm_eps = get_double_or(j, "rms_norm_eps", 1e-6, what);
-  c.initializer_range = get_double_or(j, "initializer_range", 0.02, what);
-  c.attention_bias = get_bool_or(j, "attention_bias", false, what);
-  c.tie_word_embeddings = get_bool_or(j, "tie_word_embeddings", true, what);
+  c.max_position_embeddings = json_int_or(j, "max_position_embeddings", 8192, what);
+  c.rms_norm_eps = json_double_or(j, "rms_norm_eps", 1e-6, what);
+  c.initializer_range = json_double_or(j, "initializer_range", 0.02, what);
+  c.attention_bias = json_bool_or(j, "attention_bias", false, what);
+  c.tie_word_embeddings = json_bool_or(j, "tie_word_embeddings", true, what);
   c.pad_token_id = get_token_id(j, "pad_token_id", -1, what);
   c.bos_token_id = get_token_id(j, "bos_token_id", 2, what);
   c.eos_token_id = get_token_id(j, "eos_token_id", 1, what);
   if (j.find("pad_token_id") == j.end()) c.pad_token_id = 0;
 
   // rope_theta: top level (transformers 4.x) or inside rope_parameters (5.x).
-  c.rope_theta = get_double_or(j, "rope_theta", 10000.0, what);
+  c.rope_theta = json_double_or(j, "rope_theta", 10000.0, what);
   if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) {
     const std::string sub = what + " (rope_parameters)";
-    c.rope_theta = get_double_or(*it, "rope_theta", c.rope_theta, sub);
+    c.rope_theta = json_double_or(*it, "rope_theta", c.rope_theta, sub);
     if (auto t = it->find("rope_type"); t != it->end() && t->is_string())
       MGM_CHECK_FORMAT(t->get<std::string>() == "default", what,
                        "key 'rope_parameters.rope_type' is '", t->get<std::string>(),

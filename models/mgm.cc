@@ -26,32 +26,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int64_t int_or(const Json& j, const char* key, int64_t dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_number_integer(), what, "key '", key, "' must be an integer");
-  return it->get<int64_t>();
-}
-double double_or(const Json& j, const char* key, double dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_number(), what, "key '", key, "' must be a number");
-  return it->get<double>();
-}
-bool bool_or(const Json& j, const char* key, bool dflt, const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_boolean(), what, "key '", key, "' must be true or false");
-  return it->get<bool>();
-}
-std::string string_or(const Json& j, const char* key, const std::string& dflt,
-                      const std::string& what) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return dflt;
-  MGM_CHECK_FORMAT(it->is_string(), what, "key '", key, "' must be a string");
-  return it->get<std::string>();
-}
-
 std::vector<int64_t> int_list(const Json& j, const char* key, const std::string& what) {
   const Json& v = json_at(j, key, what);
   MGM_CHECK_FORMAT(v.is_array(), what, "key '", key, "' must be a list of integers");
@@ -108,10 +82,10 @@ ConvNextConfig convnext_from_json(const Json& j, const std::string& what) {
     c = ConvNextConfig::from_name(json_string(j, "timm_model_name", what));
   if (j.contains("depths")) c.depths = int_list(j, "depths", what);
   if (j.contains("dims")) c.dims = int_list(j, "dims", what);
-  c.in_chans = int_or(j, "in_chans", c.in_chans, what);
-  c.patch_size = int_or(j, "patch_size", c.patch_size, what);
-  c.norm_eps = double_or(j, "norm_eps", c.norm_eps, what);
-  c.drop_path_rate = double_or(j, "drop_path_rate", c.drop_path_rate, what);
+  c.in_chans = json_int_or(j, "in_chans", c.in_chans, what);
+  c.patch_size = json_int_or(j, "patch_size", c.patch_size, what);
+  c.norm_eps = json_double_or(j, "norm_eps", c.norm_eps, what);
+  c.drop_path_rate = json_double_or(j, "drop_path_rate", c.drop_path_rate, what);
   c.validate(what);
   return c;
 }
@@ -143,8 +117,8 @@ MgmConfig MgmConfig::from_json(const Json& j, const std::string& what,
                                const std::string& dir_of_file) {
   MgmConfig c;
   c.gemma = GemmaConfig::from_json(j, what);
-  c.mm_vision_tower = string_or(j, "mm_vision_tower", c.mm_vision_tower, what);
-  c.mm_vision_tower_aux = string_or(j, "mm_vision_tower_aux", c.mm_vision_tower_aux, what);
+  c.mm_vision_tower = json_string_or(j, "mm_vision_tower", c.mm_vision_tower, what);
+  c.mm_vision_tower_aux = json_string_or(j, "mm_vision_tower_aux", c.mm_vision_tower_aux, what);
   // Tower shapes: this project's embedded sections, else the folders the reference loads.
   if (auto it = j.find("mm_vision_config"); it != j.end() && !it->is_null()) {
     c.clip = ClipVisionConfig::from_json(*it, what + " (mm_vision_config)");
@@ -166,26 +140,26 @@ MgmConfig MgmConfig::from_json(const Json& j, const std::string& what,
     else
       c.convnext = ConvNextConfig::from_name(base_name(c.mm_vision_tower_aux));
   }
-  c.mm_hidden_size = int_or(j, "mm_hidden_size", c.clip.hidden_size, what);
-  c.mm_hidden_size_aux = int_or(j, "mm_hidden_size_aux", c.convnext.feature_channels(), what);
-  c.mm_projector_type = string_or(j, "mm_projector_type", c.mm_projector_type, what);
-  c.mm_vision_select_layer = int_or(j, "mm_vision_select_layer", c.mm_vision_select_layer, what);
+  c.mm_hidden_size = json_int_or(j, "mm_hidden_size", c.clip.hidden_size, what);
+  c.mm_hidden_size_aux = json_int_or(j, "mm_hidden_size_aux", c.convnext.feature_channels(), what);
+  c.mm_projector_type = json_string_or(j, "mm_projector_type", c.mm_projector_type, what);
+  c.mm_vision_select_layer = json_int_or(j, "mm_vision_select_layer", c.mm_vision_select_layer, what);
   c.mm_vision_select_feature =
-      string_or(j, "mm_vision_select_feature", c.mm_vision_select_feature, what);
-  c.image_size_aux = int_or(j, "image_size_aux", c.image_size_aux, what);
-  c.image_aspect_ratio = string_or(j, "image_aspect_ratio", c.image_aspect_ratio, what);
-  c.image_grid = int_or(j, "image_grid", c.image_grid, what);
-  c.image_global = bool_or(j, "image_global", c.image_global, what);
+      json_string_or(j, "mm_vision_select_feature", c.mm_vision_select_feature, what);
+  c.image_size_aux = json_int_or(j, "image_size_aux", c.image_size_aux, what);
+  c.image_aspect_ratio = json_string_or(j, "image_aspect_ratio", c.image_aspect_ratio, what);
+  c.image_grid = json_int_or(j, "image_grid", c.image_grid, what);
+  c.image_global = json_bool_or(j, "image_global", c.image_global, what);
   c.tokenizer_model_max_length =
-      int_or(j, "tokenizer_model_max_length", c.tokenizer_model_max_length, what);
-  c.tokenizer_padding_side = string_or(j, "tokenizer_padding_side", c.tokenizer_padding_side, what);
-  c.tune_mm_mlp_adapter = bool_or(j, "tune_mm_mlp_adapter", c.tune_mm_mlp_adapter, what);
-  c.freeze_mm_mlp_adapter = bool_or(j, "freeze_mm_mlp_adapter", c.freeze_mm_mlp_adapter, what);
-  c.mm_use_im_start_end = bool_or(j, "mm_use_im_start_end", c.mm_use_im_start_end, what);
-  c.mm_use_im_patch_token = bool_or(j, "mm_use_im_patch_token", c.mm_use_im_patch_token, what);
-  c.optimize_vision_tower = bool_or(j, "optimize_vision_tower", c.optimize_vision_tower, what);
+      json_int_or(j, "tokenizer_model_max_length", c.tokenizer_model_max_length, what);
+  c.tokenizer_padding_side = json_string_or(j, "tokenizer_padding_side", c.tokenizer_padding_side, what);
+  c.tune_mm_mlp_adapter = json_bool_or(j, "tune_mm_mlp_adapter", c.tune_mm_mlp_adapter, what);
+  c.freeze_mm_mlp_adapter = json_bool_or(j, "freeze_mm_mlp_adapter", c.freeze_mm_mlp_adapter, what);
+  c.mm_use_im_start_end = json_bool_or(j, "mm_use_im_start_end", c.mm_use_im_start_end, what);
+  c.mm_use_im_patch_token = json_bool_or(j, "mm_use_im_patch_token", c.mm_use_im_patch_token, what);
+  c.optimize_vision_tower = json_bool_or(j, "optimize_vision_tower", c.optimize_vision_tower, what);
   c.optimize_vision_tower_aux =
-      bool_or(j, "optimize_vision_tower_aux", c.optimize_vision_tower_aux, what);
+      json_bool_or(j, "optimize_vision_tower_aux", c.optimize_vision_tower_aux, what);
   c.validate(what);
   return c;
 }
