@@ -11,6 +11,14 @@ namespace {
 const std::string kStartOfTurn = "<start_of_turn>";
 const std::string kEndOfTurn = "<end_of_turn>";
 
+// conv_vicuna_v1 (SeparatorStyle.TWO).
+const std::string kVicunaSystem =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions.";
+const std::string kVicunaSep = " ";
+// The template's string, not the tokenizer's eos: with Gemma's tokenizer it is ordinary text.
+const std::string kVicunaSep2 = "</s>";
+
 std::vector<std::string> split_all(const std::string& s, const std::string& sep) {
   std::vector<std::string> out;
   size_t pos = 0;
@@ -30,8 +38,9 @@ std::vector<std::string> split_all(const std::string& s, const std::string& sep)
 Template parse_template(const std::string& version) {
   if (version == "gemma") return Template::kGemma;
   if (version == "plain") return Template::kPlain;
-  throw UsageError(
-      str_cat("unknown conversation template '", version, "' (supported: gemma, plain)"));
+  if (version == "vicuna_v1" || version == "v1") return Template::kVicunaV1;
+  throw UsageError(str_cat("unknown conversation template '", version,
+                           "' (supported: gemma, plain, vicuna_v1)"));
 }
 
 std::vector<Turn> move_image_to_front(std::vector<Turn> turns) {
@@ -53,6 +62,18 @@ std::string render_prompt(Template t, const std::vector<Turn>& turns) {
     MGM_CHECK(turns.size() == 2, "plain template needs exactly 2 turns, got ", turns.size());
     return std::string(kImageToken) + turns[1].value + "\n";
   }
+  if (t == Template::kVicunaV1) {
+    out = kVicunaSystem + kVicunaSep;
+    for (size_t i = 0; i < turns.size(); ++i) {
+      const std::string role = turns[i].from == "human" ? "USER" : "ASSISTANT";
+      // get_prompt tests `if message:` - an empty message renders as an open turn.
+      if (turns[i].value.empty())
+        out += role + ":";
+      else
+        out += role + ": " + turns[i].value + (i % 2 ? kVicunaSep2 : kVicunaSep);
+    }
+    return out;
+  }
   for (size_t i = 0; i < turns.size(); ++i) {
     const std::string role = turns[i].from == "human" ? "user" : "model";
     out += kStartOfTurn + role + "\n" + turns[i].value + kEndOfTurn + "\n" + (i % 2 ? "<eos>" : "");
@@ -62,6 +83,8 @@ std::string render_prompt(Template t, const std::vector<Turn>& turns) {
 
 std::string render_generation_prompt(Template t, const std::string& question) {
   if (t == Template::kPlain) return question;
+  if (t == Template::kVicunaV1)
+    return kVicunaSystem + kVicunaSep + "USER: " + question + kVicunaSep + "ASSISTANT:";
   return kStartOfTurn + "user\n" + question + kEndOfTurn + "\n" + kStartOfTurn + "model\n";
 }
 
@@ -84,7 +107,7 @@ TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vec
               kIgnoreIndex);
     return s;
   }
-  // gemma
+  // gemma, vicuna_v1
   if (!turns.empty() && turns[0].from != "human") turns.erase(turns.begin());
   for (size_t i = 0; i < turns.size(); ++i) {
     const char* want = i % 2 == 0 ? "human" : "gpt";
@@ -99,7 +122,6 @@ TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vec
   s.labels = s.input_ids;
   const int64_t total_len = std::count_if(s.input_ids.begin(), s.input_ids.end(),
                                           [&](int64_t id) { return id != tok.pad_id(); });
-  const std::string sep = kStartOfTurn + "model\n";
   auto mask = [&](int64_t from, int64_t to) {
     from = std::max<int64_t>(from, 0);
     to = std::min<int64_t>(to, static_cast<int64_t>(s.labels.size()));
@@ -107,20 +129,51 @@ TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vec
   };
   int64_t cur_len = 1;
   mask(0, 1);
-  for (const auto& rou : split_all(conv, "<eos>")) {
-    if (rou.empty()) break;
-    auto parts = split_all(rou, sep);
-    if (parts.size() != 2) {
-      s.problem = str_cat(
-          "a round does not split into instruction and answer at '<start_of_turn>model\\n' (",
-          parts.size(), " parts)");
-      break;
+  if (t == Template::kVicunaV1) {
+    // preprocess_v1. Rounds are split at the template's "</s>" string; the "- 2" and the
+    // per-round "- 1" after the first round are the reference's llama-tokenizer bookkeeping,
+    // kept as is: Gemma's tokenizer has no `legacy` attribute and tokenizers >= 0.14, so the
+    // reference applies the "- 1" too. With a tokenizer for which the arithmetic does not add
+    // up, the mismatch check below masks the sample, as the reference does.
+    const std::string sep = kVicunaSep + "ASSISTANT: ";
+    const auto rounds = split_all(conv, kVicunaSep2);
+    for (size_t i = 0; i < rounds.size(); ++i) {
+      const std::string& rou = rounds[i];
+      if (rou.empty()) break;
+      auto parts = split_all(rou, sep);
+      if (parts.size() != 2) {
+        s.problem =
+            str_cat("a round does not split into instruction and answer at ' ASSISTANT: ' (",
+                    parts.size(), " parts)");
+        break;
+      }
+      parts[0] += sep;
+      int64_t round_len = static_cast<int64_t>(enc(rou).size());
+      int64_t instruction_len = static_cast<int64_t>(enc(parts[0]).size()) - 2;
+      if (i != 0) {
+        round_len -= 1;
+        instruction_len -= 1;
+      }
+      mask(cur_len, cur_len + instruction_len);
+      cur_len += round_len;
     }
-    parts[0] += sep;
-    const int64_t round_len = static_cast<int64_t>(enc(rou).size());
-    const int64_t instruction_len = static_cast<int64_t>(enc(parts[0]).size()) - 1;
-    mask(cur_len, cur_len + instruction_len);
-    cur_len += round_len;
+  } else {  // preprocess_gemma
+    const std::string sep = kStartOfTurn + "model\n";
+    for (const auto& rou : split_all(conv, "<eos>")) {
+      if (rou.empty()) break;
+      auto parts = split_all(rou, sep);
+      if (parts.size() != 2) {
+        s.problem = str_cat(
+            "a round does not split into instruction and answer at '<start_of_turn>model\\n' (",
+            parts.size(), " parts)");
+        break;
+      }
+      parts[0] += sep;
+      const int64_t round_len = static_cast<int64_t>(enc(rou).size());
+      const int64_t instruction_len = static_cast<int64_t>(enc(parts[0]).size()) - 1;
+      mask(cur_len, cur_len + instruction_len);
+      cur_len += round_len;
+    }
   }
   mask(cur_len, static_cast<int64_t>(s.labels.size()));
   if (cur_len < model_max_length && cur_len != total_len) {

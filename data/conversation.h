@@ -12,8 +12,11 @@
 
 namespace mgm::data {
 
-enum class Template { kGemma, kPlain };
-Template parse_template(const std::string& version);  // "gemma", "plain"; UsageError otherwise
+// kVicunaV1: LLaVA/MGM's conv_vicuna_v1 (system prompt, "USER: ... ASSISTANT: ...</s>") with
+// preprocess_v1's masking, for LLaVA-1.5 / MGM-7B style data.
+enum class Template { kGemma, kPlain, kVicunaV1 };
+// "gemma", "plain", "vicuna_v1" (or "v1"); UsageError otherwise.
+Template parse_template(const std::string& version);
 
 // preprocess_multimodal: in every turn containing "<image>", the token is removed and the turn
 // re-prefixed with "<image>\n" (so the image always leads).

@@ -4,6 +4,7 @@
 #include "common/files.h"
 #include "common/strings.h"
 #include "data/conversation.h"
+#include "data/dataset.h"
 #include "data/llava.h"
 #include "data/records.h"
 #include "data/tokenizer.h"
@@ -18,27 +19,22 @@ InspectResult inspect_sample(const InspectOptions& o) {
   const Sample s = parse_llava_record(o.data_path, file.records[static_cast<size_t>(o.index)]);
   Tokenizer tok = Tokenizer::load(o.tokenizer);
   const Template tmpl = parse_template(o.version);
-  std::vector<Turn> turns = s.conversations;
-  if (s.has_image()) turns = move_image_to_front(turns);
+  ImageProcessorConfig ic = o.image;
+  ic.shortest_edge = ic.crop = static_cast<int>(o.collator.aux_size);
+  // The training dataset's per-sample pipeline; a tokenisation problem is shown, not thrown.
+  PreparedSample p;
+  try {
+    p = prepare_sample(s, tok, tmpl, o.aspect, ic, o.image_folder, o.collator.model_max_length);
+  } catch (const Error& e) {
+    throw Error(str_cat(o.data_path, ": sample '", s.id, "': ", e.what()));
+  }
   InspectResult r;
   r.sample_id = s.id;
-  r.prompt = render_prompt(tmpl, turns);
-  TokenizedSample ts = tokenize_conversation(tok, tmpl, turns, s.has_image(), o.collator.model_max_length);
-  r.problem = ts.problem;
-  CollatorSample cs;
-  cs.input_ids = ts.input_ids;
-  cs.labels = ts.labels;
-  if (s.has_image()) {
-    if (s.images.size() > 1)
-      throw Error(str_cat(o.data_path, ": sample '", s.id, "' has ", s.images.size(),
-                          " images; MGM trains one image per sample"));
-    ImageProcessorConfig ic = o.image;
-    ic.shortest_edge = ic.crop = static_cast<int>(o.collator.aux_size);
-    RgbImage img = decode_image_file(path_join(o.image_folder, s.images[0]));
-    cs.image_aux = normalize_chw(preprocess_uint8(img, ic, o.aspect), ic);
-  }
-  r.batch = collate({cs}, o.collator);
+  r.prompt = p.prompt;
+  r.problem = p.problem;
+  r.batch = collate({p.sample}, o.collator);
   // Decode run by run: supervised runs in [[...]], special tokens shown, images as <image>.
+  const CollatorSample& ts = p.sample;
   const auto& ids = ts.input_ids;
   size_t i = 0;
   const size_t n = std::min(ids.size(), static_cast<size_t>(o.collator.model_max_length));
