@@ -3,7 +3,9 @@
 
 #include "common/cli.h"
 #include "data/cli_data.h"
+#include "data/cli_synth.h"
 #include "data/cli_validate.h"
+#include "eval/cli_eval.h"
 #include "eval/cli_inspect.h"
 #include "eval/cli_score.h"
 #include "models/cli_weights.h"
@@ -22,7 +24,9 @@ int main(int argc, char** argv) {
     std::vector<mgm::cli::Command> commands;
     append(commands, mgm::models::weights_commands());
     append(commands, mgm::eval::score_commands());
+    append(commands, mgm::eval::eval_commands());
     append(commands, mgm::data::data_commands());
+    append(commands, mgm::data::synth_commands());
     append(commands, mgm::data::validate_commands());
     append(commands, mgm::eval::inspect_commands());
     append(commands, mgm::models::logits_commands());

@@ -1,0 +1,513 @@
+#include "eval/runner.h"
+
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/strings.h"
+#include "data/collator.h"
+#include "eval/scoring/mmbench.h"
+#include "eval/scoring/py_text.h"
+
+namespace mgm::eval {
+namespace {
+
+at::ScalarType parse_eval_dtype(const std::string& s) {
+  if (s == "fp32" || s == "float32") return at::kFloat;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  if (s == "fp16" || s == "float16") return at::kHalf;
+  throw UsageError(str_cat("--dtype: expected fp32, bf16 or fp16, got '", s, "'"));
+}
+
+at::Device parse_eval_device(const std::string& s) {
+  if (s == "cpu") return at::Device(at::kCPU);
+  if (starts_with(s, "cuda")) {
+    try {
+      return at::Device(s);
+    } catch (const std::exception&) {
+    }
+  }
+  throw UsageError(str_cat("--device: expected cpu, cuda or cuda:N, got '", s, "'"));
+}
+
+void append_escaped(std::string& out, const std::string& s) {
+  static const char* kHex = "0123456789abcdef";
+  auto u = [&](uint32_t c) {
+    out += "\\u";
+    for (int sh = 12; sh >= 0; sh -= 4) out.push_back(kHex[(c >> sh) & 0xF]);
+  };
+  out.push_back('"');
+  for (char32_t c : py::decode(s)) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      default:
+        if (c >= 0x20 && c <= 0x7e) {
+          out.push_back(static_cast<char>(c));
+        } else if (c > 0xFFFF) {  // a UTF-16 surrogate pair, as json.dumps writes it
+          const uint32_t v = static_cast<uint32_t>(c) - 0x10000;
+          u(0xD800 + (v >> 10));
+          u(0xDC00 + (v & 0x3FF));
+        } else {
+          u(static_cast<uint32_t>(c));
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+void dumps(std::string& out, const OrderedJson& v) {
+  switch (v.type()) {
+    case OrderedJson::value_t::object: {
+      out.push_back('{');
+      bool first = true;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (!first) out += ", ";
+        first = false;
+        append_escaped(out, it.key());
+        out += ": ";
+        dumps(out, it.value());
+      }
+      out.push_back('}');
+      break;
+    }
+    case OrderedJson::value_t::array: {
+      out.push_back('[');
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ", ";
+        dumps(out, v[i]);
+      }
+      out.push_back(']');
+      break;
+    }
+    case OrderedJson::value_t::string:
+      append_escaped(out, v.get<std::string>());
+      break;
+    case OrderedJson::value_t::boolean:
+      out += v.get<bool>() ? "true" : "false";
+      break;
+    case OrderedJson::value_t::null:
+      out += "null";
+      break;
+    case OrderedJson::value_t::number_float: {
+      const double d = v.get<double>();
+      if (std::isnan(d))
+        out += "NaN";
+      else if (std::isinf(d))
+        out += d > 0 ? "Infinity" : "-Infinity";
+      else
+        out += python_float_repr(d);
+      break;
+    }
+    default:
+      out += v.dump();
+      break;  // integers
+  }
+}
+
+std::string key_of(const std::string& qid_dump, const std::string& round_dump,
+                   const std::string& prompt) {
+  return str_cat(qid_dump, '\x1f', round_dump, '\x1f', prompt);
+}
+
+template <class J>
+std::string key_from(const J& j, const std::string& what) {
+  MGM_CHECK(j.is_object() && j.contains("question_id"), what, ": no question_id");
+  std::string prompt;
+  if (j.contains("prompt") && j["prompt"].is_string())
+    prompt = j["prompt"].template get<std::string>();
+  const std::string round = j.contains("round_id") ? j["round_id"].dump() : std::string();
+  return key_of(j["question_id"].dump(), round, prompt);
+}
+
+std::string describe(const Json& line) {
+  std::string s =
+      "question_id " + (line.contains("question_id") ? line["question_id"].dump() : "?");
+  if (line.contains("round_id")) s += " round " + line["round_id"].dump();
+  return s;
+}
+
+// Reads the whole file, or "" when it does not exist.
+std::string read_if_exists(const std::string& path) {
+  return path_exists(path) ? read_file(path) : std::string();
+}
+
+}  // namespace
+
+EvalModel load_eval_model(const EvalModelOptions& o) {
+  MGM_CHECK(!o.model_path.empty(), "--model-path is required");
+  EvalModel m;
+  models::MgmBuildOptions bo;
+  bo.dtype = parse_eval_dtype(o.dtype);
+  bo.device = parse_eval_device(o.device);
+  bo.init_weights = false;
+  m.model = models::load_mgm_checkpoint(o.model_path, bo);
+  m.model->eval();
+  m.tokenizer = data::Tokenizer::load(o.tokenizer_path.empty() ? o.model_path : o.tokenizer_path);
+  m.conv_template = data::parse_template(o.conv_mode);
+  const auto& cfg = m.model->config();
+  m.image_cfg.shortest_edge = m.image_cfg.crop = static_cast<int>(cfg.image_size_aux);
+  m.aspect_name = o.image_aspect_ratio.empty() ? cfg.image_aspect_ratio : o.image_aspect_ratio;
+  m.aspect = data::parse_aspect_mode(m.aspect_name);
+  m.model_id = model_name_from_path(o.model_path);
+  return m;
+}
+
+std::string model_name_from_path(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const auto parts = split(p, '/');
+  if (parts.empty()) return p;
+  const std::string& last = parts.back();
+  if (starts_with(last, "checkpoint-") && parts.size() >= 2)
+    return parts[parts.size() - 2] + "_" + last;
+  return last;
+}
+
+std::pair<size_t, size_t> chunk_range(size_t n_items, int64_t num_chunks, int64_t chunk_idx) {
+  if (num_chunks < 1) throw UsageError(str_cat("--num-chunks must be >= 1, got ", num_chunks));
+  if (chunk_idx < 0 || chunk_idx >= num_chunks)
+    throw UsageError(str_cat("--chunk-idx must be in [0, ", num_chunks, "), got ", chunk_idx));
+  const size_t k = static_cast<size_t>(num_chunks);
+  const size_t size = (n_items + k - 1) / k;  // math.ceil(len / n)
+  const size_t begin = std::min(n_items, size * static_cast<size_t>(chunk_idx));
+  return {begin, std::min(n_items, begin + size)};
+}
+
+at::Tensor image_aux_tensor(const EvalModel& m, const data::RgbImage& img) {
+  std::vector<float> chw =
+      data::normalize_chw(data::preprocess_uint8(img, m.image_cfg, m.aspect), m.image_cfg);
+  const int64_t s = m.image_cfg.crop;
+  MGM_CHECK(static_cast<int64_t>(chw.size()) == 3 * s * s, "image preprocessing gave ", chw.size(),
+            " values, expected 3x", s, "x", s);
+  return at::from_blob(chw.data(), {3, s, s}, at::kFloat).clone();
+}
+
+std::string build_generation_prompt(const EvalModel& m, const std::string& question,
+                                    bool has_image) {
+  std::string qs = question;
+  if (has_image) {
+    qs = m.model->config().mm_use_im_start_end
+             ? std::string("<im_start>") + data::kImageToken + "<im_end>\n" + qs
+             : std::string(data::kImageToken) + "\n" + qs;
+  }
+  return data::render_generation_prompt(m.conv_template, qs);
+}
+
+std::string python_json_dumps(const OrderedJson& v) {
+  std::string out;
+  dumps(out, v);
+  return out;
+}
+
+std::string short_uuid() {
+  static const char kAlphabet[] = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+  static std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), static_cast<unsigned>(::getpid())};
+    return std::mt19937_64(seq);
+  }();
+  // A version-4 UUID as a 128-bit number, written in base 57, most significant digit first,
+  // padded to 22 digits (shortuuid's encode()).
+  __extension__ unsigned __int128 n = (static_cast<unsigned __int128>(rng()) << 64) | rng();
+  n &= ~(static_cast<unsigned __int128>(0xF) << 76);
+  n |= static_cast<unsigned __int128>(0x4) << 76;  // version 4
+  n &= ~(static_cast<unsigned __int128>(0x3) << 62);
+  n |= static_cast<unsigned __int128>(0x2) << 62;  // RFC 4122 variant
+  std::string s;
+  while (n) {
+    s.push_back(kAlphabet[static_cast<int>(n % 57)]);
+    n /= 57;
+  }
+  while (s.size() < 22) s.push_back(kAlphabet[0]);
+  return std::string(s.rbegin(), s.rend());
+}
+
+OrderedJson base_settings(const std::string& benchmark, const EvalModelOptions& mo,
+                          const EvalModel& m, const models::GenerationConfig& g,
+                          const std::string& question_file, int64_t num_chunks, int64_t chunk_idx) {
+  OrderedJson s = OrderedJson::object();
+  s["benchmark"] = benchmark;
+  s["model_path"] = mo.model_path;
+  s["model_id"] = m.model_id;
+  s["tokenizer"] = mo.tokenizer_path.empty() ? mo.model_path : mo.tokenizer_path;
+  s["conv_mode"] = mo.conv_mode;
+  s["image_aspect_ratio"] = m.aspect_name;
+  s["dtype"] = mo.dtype;
+  s["temperature"] = g.temperature;
+  s["top_p"] = g.top_p;
+  s["top_k"] = g.top_k;
+  s["max_new_tokens"] = g.max_new_tokens;
+  s["seed"] = g.seed;
+  s["question_file"] = question_file;
+  s["num_chunks"] = num_chunks;
+  s["chunk_idx"] = chunk_idx;
+  return s;
+}
+
+std::string answer_key(const Json& line) { return key_from(line, "answer line"); }
+std::string answer_key(const OrderedJson& head) { return key_from(head, "question"); }
+
+BadSamplePolicy parse_bad_sample_policy(const std::string& s) {
+  if (s == "error") return BadSamplePolicy::kError;
+  if (s == "skip") return BadSamplePolicy::kSkip;
+  throw UsageError(str_cat("--on_bad_sample: expected error or skip, got '", s, "'"));
+}
+
+ExistingAnswers read_and_repair_answers(const std::string& path) {
+  ExistingAnswers ex;
+  const std::string text = read_if_exists(path);
+  const size_t last_nl = text.rfind('\n');
+  const size_t complete = last_nl == std::string::npos ? 0 : last_nl + 1;
+  if (complete < text.size()) {
+    // A run killed mid-write leaves a partial last line; it is dropped (and regenerated) rather
+    // than parsed, and cut off the file so the next append starts on a fresh line.
+    ex.torn_bytes = text.size() - complete;
+    MGM_CHECK(::truncate(path.c_str(), static_cast<off_t>(complete)) == 0, path,
+              ": cannot truncate the partial last line: ", std::strerror(errno));
+  }
+  size_t line_no = 0, pos = 0;
+  while (pos < complete) {
+    const size_t nl = text.find('\n', pos);
+    ++line_no;
+    const std::string line = text.substr(pos, nl - pos);
+    pos = nl + 1;
+    const std::string what = str_cat(path, " line ", line_no);
+    MGM_CHECK_FORMAT(!trim(line).empty(), path, "line ", line_no, ": empty line");
+    Json j = parse_json(line, what);
+    MGM_CHECK_FORMAT(j.is_object() && j.contains("question_id"), path, "line ", line_no,
+                     ": not an answer object with a question_id");
+    ex.lines.push_back(std::move(j));
+  }
+  return ex;
+}
+
+RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts) {
+  MGM_CHECK(!opts.answers_file.empty(), "--answers-file is required");
+  if (opts.batch_size < 1)
+    throw UsageError(str_cat("--batch_size must be >= 1, got ", opts.batch_size));
+  const std::string& path = opts.answers_file;
+  const std::string sidecar = path + ".settings.json";
+  const std::string parent = parent_dir(path);
+  if (!parent.empty()) make_dirs(parent);
+  if (opts.overwrite) {
+    std::remove(path.c_str());
+    std::remove(sidecar.c_str());
+  }
+
+  RunStats st;
+  st.questions = items.size();
+  ExistingAnswers ex = read_and_repair_answers(path);
+  st.torn_bytes_dropped = ex.torn_bytes;
+  const Json now = Json::parse(opts.settings.dump());
+  if (path_exists(sidecar)) {
+    const Json rec = read_json_file(sidecar);
+    std::vector<std::string> diffs;
+    std::set<std::string> keys;
+    for (auto it = rec.begin(); it != rec.end(); ++it) keys.insert(it.key());
+    for (auto it = now.begin(); it != now.end(); ++it) keys.insert(it.key());
+    for (const auto& k : keys) {
+      const Json a = rec.contains(k) ? rec[k] : Json(), b = now.contains(k) ? now[k] : Json();
+      if (a != b) diffs.push_back(str_cat(k, ": recorded ", a.dump(), ", now ", b.dump()));
+    }
+    if (!diffs.empty())
+      throw UsageError(str_cat(path, " was produced with other settings (", sidecar,
+                               "): ", join(diffs, "; "),
+                               ". Rerun with the recorded settings, pass --overwrite, or choose "
+                               "another --answers-file"));
+  } else {
+    if (!ex.lines.empty())
+      throw UsageError(str_cat(path, " holds ", ex.lines.size(),
+                               " answers but no settings record (", sidecar,
+                               "), so they cannot be resumed safely; pass --overwrite "
+                               "or choose another --answers-file"));
+    write_file_atomic(sidecar, opts.settings.dump(2) + "\n");
+  }
+
+  // Resume: every recorded answer must belong to this question list; each answers one question
+  // with the same id and prompt (ids repeat in TextVQA, where several questions share an image).
+  std::map<std::string, std::vector<size_t>> answered;  // key -> answer file lines
+  for (size_t i = 0; i < ex.lines.size(); ++i) answered[answer_key(ex.lines[i])].push_back(i + 1);
+  std::vector<const EvalItem*> pending;
+  for (const auto& it : items) {
+    if (it.problem.empty()) {
+      auto f = answered.find(answer_key(it.head));
+      if (f != answered.end() && !f->second.empty()) {
+        f->second.erase(f->second.begin());
+        ++st.already_answered;
+        continue;
+      }
+    }
+    pending.push_back(&it);
+  }
+  for (const auto& [key, lines] : answered)
+    if (!lines.empty())
+      throw UsageError(str_cat(path, " line ", lines[0], ": ", describe(ex.lines[lines[0] - 1]),
+                               " with this prompt is not among the questions of this run "
+                               "(another question file or chunk?)"));
+  if (!opts.quiet && (st.already_answered > 0 || ex.torn_bytes > 0))
+    std::fprintf(stderr, "%s: resuming: %zu answered, %zu to go%s\n", path.c_str(),
+                 st.already_answered, pending.size(),
+                 ex.torn_bytes ? " (dropped a partial last line)" : "");
+
+  std::FILE* f = std::fopen(path.c_str(), "ab");
+  MGM_CHECK(f != nullptr, path, ": cannot open for appending: ", std::strerror(errno));
+  struct Closer {
+    std::FILE* f;
+    ~Closer() { std::fclose(f); }
+  } closer{f};
+
+  const auto& cfg = m.model->config();
+  const auto tower_w = m.model->vision_tower->vision_model->pre_layrnorm->weight;
+  models::GenerationConfig gen = opts.generation;
+  if (gen.stop_token_ids.empty()) gen.stop_token_ids = {m.tokenizer.eos_id()};
+
+  auto bad_sample = [&](const EvalItem& it, const std::string& why) {
+    const std::string id =
+        it.head.contains("question_id") ? it.head["question_id"].dump() : std::string("?");
+    const std::string msg = str_cat(it.where, ": question_id ", id, ": ", why);
+    if (opts.on_bad_sample == BadSamplePolicy::kError)
+      throw Error(msg + " (--on_bad_sample skip to continue without it)");
+    std::fprintf(stderr, "skipping %s\n", msg.c_str());
+    ++st.skipped;
+  };
+
+  size_t next = 0;
+  int64_t batches = 0;
+  while (next < pending.size()) {
+    if (opts.max_new_answers >= 0 && st.answered >= static_cast<size_t>(opts.max_new_answers))
+      break;
+    size_t want = static_cast<size_t>(opts.batch_size);
+    if (opts.max_new_answers >= 0)
+      want = std::min(want, static_cast<size_t>(opts.max_new_answers) - st.answered);
+    std::vector<const EvalItem*> batch;
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<at::Tensor> auxes;
+    std::vector<bool> has_image;
+    while (next < pending.size() && batch.size() < want) {
+      const EvalItem& it = *pending[next++];
+      if (!it.problem.empty()) {
+        bad_sample(it, it.problem);
+        continue;
+      }
+      at::Tensor aux;
+      if (it.load_image) {
+        try {
+          aux = image_aux_tensor(m, it.load_image());
+        } catch (const std::exception& e) {
+          bad_sample(it, e.what());
+          continue;
+        }
+      }
+      const std::string prompt = build_generation_prompt(m, it.question, aux.defined());
+      prompts.push_back(aux.defined() ? m.tokenizer.encode_with_image(prompt)
+                                      : m.tokenizer.encode(prompt));
+      has_image.push_back(aux.defined());
+      auxes.push_back(
+          aux.defined() ? aux : at::zeros({3, cfg.image_size_aux, cfg.image_size_aux}, at::kFloat));
+      batch.push_back(&it);
+    }
+    if (batch.empty()) continue;
+    at::Tensor images, images_aux;
+    if (std::find(has_image.begin(), has_image.end(), true) != has_image.end()) {
+      const at::Tensor aux_cpu = at::stack(auxes, 0);
+      // The LR image is the bilinear downsample of the normalised aux image, as in training.
+      images = data::downsample_bilinear(aux_cpu, cfg.clip.image_size)
+                   .to(tower_w.device(), tower_w.scalar_type());
+      images_aux = aux_cpu.to(tower_w.device(), tower_w.scalar_type());
+    }
+    const auto outputs = models::generate(m.model, prompts, images, images_aux, gen);
+    std::string block;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::string text = m.tokenizer.decode(outputs[i], /*skip_special=*/true);
+      if (!gen.stop_strings.empty()) text = models::trim_at_stop_string(text, gen.stop_strings);
+      text = py::encode(py::strip(py::decode(text)));
+      OrderedJson line = batch[i]->head;
+      line["text"] = text;
+      for (auto t = batch[i]->tail.begin(); t != batch[i]->tail.end(); ++t)
+        line[t.key()] = t.value();
+      line["answer_id"] = short_uuid();
+      line["model_id"] = m.model_id;
+      line["metadata"] = OrderedJson::object();
+      block += python_json_dumps(line) + "\n";
+    }
+    if (opts.test_kill_after_batches >= 0 && batches == opts.test_kill_after_batches) {
+      if (std::fwrite(block.data(), 1, block.find('\n') / 2, f) > 0) std::fflush(f);
+      std::raise(SIGKILL);
+    }
+    ++batches;
+    // One write per batch, flushed and synced: a kill loses at most the batch in flight.
+    MGM_CHECK(std::fwrite(block.data(), 1, block.size(), f) == block.size() &&
+                  std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0,
+              path, ": write failed: ", std::strerror(errno));
+    st.answered += batch.size();
+    if (!opts.quiet)
+      std::fprintf(stderr, "%s: %zu/%zu answered\n", path.c_str(),
+                   st.already_answered + st.answered, st.questions);
+  }
+  return st;
+}
+
+size_t merge_answer_files(const std::vector<std::string>& inputs, const std::string& output) {
+  if (inputs.empty()) throw UsageError("mgm eval merge: give --inputs");
+  std::map<std::string, std::string> seen;  // key -> "file line N"
+  std::string out;
+  size_t lines = 0;
+  for (const auto& in : inputs) {
+    MGM_CHECK(path_exists(in), in, ": no such answers file");
+    const std::string text = read_file(in);
+    size_t pos = 0, line_no = 0;
+    while (pos < text.size()) {
+      size_t nl = text.find('\n', pos);
+      if (nl == std::string::npos) nl = text.size();
+      ++line_no;
+      const std::string line = text.substr(pos, nl - pos);
+      pos = nl + 1;
+      const std::string where = str_cat(in, " line ", line_no);
+      MGM_CHECK_FORMAT(!trim(line).empty(), in, "line ", line_no, ": empty line");
+      const Json j = parse_json(line, where);
+      MGM_CHECK_FORMAT(j.is_object() && j.contains("question_id"), in, "line ", line_no,
+                       ": not an answer object with a question_id");
+      auto [it, inserted] = seen.emplace(answer_key(j), where);
+      MGM_CHECK_FORMAT(inserted, in, "line ", line_no, ": ", describe(j),
+                       " is answered twice (first in ", it->second, ")");
+      out += line;
+      out += '\n';
+      ++lines;
+    }
+  }
+  write_file_atomic(output, out);
+  return lines;
+}
+
+}  // namespace mgm::eval

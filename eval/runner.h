@@ -1,0 +1,125 @@
+// What the benchmark runners share: loading the model and tokenizer for evaluation, image
+// preprocessing as in training, the reference's chunking (split_list / get_chunk), answer lines
+// in the reference's exact JSON (json.dumps: field order, ", "/": " separators, ASCII escapes),
+// and the answers file itself: appended and flushed per batch, resumed on rerun (answered
+// questions are skipped, a torn last line from a kill is dropped) and tied to the settings it
+// was produced with (a sidecar <answers>.settings.json; a rerun with other settings is refused).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common/json.h"
+#include "data/conversation.h"
+#include "data/image.h"
+#include "data/tokenizer.h"
+#include "models/generate.h"
+#include "models/mgm.h"
+
+namespace mgm::eval {
+
+struct EvalModelOptions {
+  std::string model_path;
+  std::string tokenizer_path;  // default: model_path
+  std::string device = "cpu";  // cpu | cuda | cuda:N
+  std::string dtype = "fp32";  // fp32 | bf16 | fp16
+  std::string conv_mode = "gemma";
+  std::string image_aspect_ratio;  // default: the model config's
+};
+
+struct EvalModel {
+  models::MgmForCausalLM model{nullptr};
+  data::Tokenizer tokenizer;
+  data::Template conv_template = data::Template::kGemma;
+  data::ImageProcessorConfig image_cfg;  // shortest edge / crop = image_size_aux
+  data::AspectMode aspect = data::AspectMode::kPad;
+  std::string aspect_name;
+  std::string model_id;  // the reference's get_model_name_from_path
+};
+
+EvalModel load_eval_model(const EvalModelOptions& o);
+
+// get_model_name_from_path: the last path component, or "<parent>_<last>" for checkpoint-N.
+std::string model_name_from_path(const std::string& path);
+
+// get_chunk(split_list(items, n), k) as [begin, end) indices: chunk size ceil(N / n), contiguous.
+// A chunk index past the last non-empty chunk (the reference raises IndexError) is empty.
+std::pair<size_t, size_t> chunk_range(size_t n_items, int64_t num_chunks, int64_t chunk_idx);
+
+// The normalised aux image [3,S,S] (pad / resize / crop / normalise as training); the LR image is
+// derived from a batch of these by data::downsample_bilinear.
+at::Tensor image_aux_tensor(const EvalModel& m, const data::RgbImage& img);
+
+// The model prompt for a question (the image token first when there is an image; "<im_start>"
+// wrapping when the config asks for it), rendered with the conversation template.
+std::string build_generation_prompt(const EvalModel& m, const std::string& question,
+                                    bool has_image);
+
+// Python json.dumps(obj) (ensure_ascii, default separators) of an ordered JSON value.
+std::string python_json_dumps(const OrderedJson& v);
+// shortuuid.uuid(): 22 characters of its 57-letter alphabet from a random 128-bit number.
+std::string short_uuid();
+
+// One question to answer. `head` holds the answer line's fields before "text" (question_id, ...,
+// prompt) and `tail` those between "text" and "answer_id" (MMBench's options / option_char).
+struct EvalItem {
+  OrderedJson head = OrderedJson::object();
+  OrderedJson tail = OrderedJson::object();
+  std::string question;  // the question text given to the template (no image token)
+  std::function<data::RgbImage()> load_image;  // empty: text-only; may throw (a bad sample)
+  std::string where;                           // "file line N" for messages
+  std::string problem;                         // set when the question line itself is malformed
+};
+
+// Identity of an answer line for resume and merge: question_id, round_id (if any) and prompt.
+std::string answer_key(const Json& line);
+std::string answer_key(const OrderedJson& head);
+
+enum class BadSamplePolicy { kError, kSkip };
+BadSamplePolicy parse_bad_sample_policy(const std::string& s);  // "error" | "skip"
+
+struct RunOptions {
+  std::string answers_file;
+  OrderedJson settings = OrderedJson::object();  // recorded in the sidecar and compared on rerun
+  models::GenerationConfig generation;
+  int64_t batch_size = 8;
+  BadSamplePolicy on_bad_sample = BadSamplePolicy::kError;
+  int64_t max_new_answers = -1;  // stop after this many new answers (a test hook); -1: all
+  bool overwrite = false;        // start the answers file afresh
+  bool quiet = false;
+  // Testing only: after this many batches, write half of the next batch's first line and SIGKILL
+  // the process (a kill at the worst moment, for resume tests); -1: off.
+  int64_t test_kill_after_batches = -1;
+};
+
+struct RunStats {
+  size_t questions = 0, already_answered = 0, answered = 0, skipped = 0;
+  size_t torn_bytes_dropped = 0;
+};
+
+// The settings every benchmark records: what decides the answers (model, tokenizer, template,
+// image handling, dtype, decoding, question file and chunk). Batch size and device do not.
+OrderedJson base_settings(const std::string& benchmark, const EvalModelOptions& mo,
+                          const EvalModel& m, const models::GenerationConfig& g,
+                          const std::string& question_file, int64_t num_chunks, int64_t chunk_idx);
+
+// Answers `items` (in order) into opts.answers_file, resuming it if present.
+RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts);
+
+// The answers file's existing complete lines (a torn tail is cut off the file and counted).
+struct ExistingAnswers {
+  std::vector<Json> lines;
+  size_t torn_bytes = 0;
+};
+ExistingAnswers read_and_repair_answers(const std::string& path);
+
+// `mgm eval merge`: concatenates chunk answer files in order into `output` (atomically),
+// refusing a question (answer_key) answered twice; returns the line count.
+size_t merge_answer_files(const std::vector<std::string>& inputs, const std::string& output);
+
+}  // namespace mgm::eval

@@ -1,0 +1,517 @@
+// The benchmark runners on a tiny random MGM saved as a checkpoint folder with a small trained
+// tokenizer: answer files in the reference's JSON layout (field order, json.dumps formatting),
+// every question answered once, resume after a real SIGKILL mid-write, chunking + merge equal to
+// an unchunked run, settings recorded and enforced, bad-sample policy, and MMBench prompts
+// built as eval.md's examples.
+#include <ATen/Context.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/strings.h"
+#include "data/tokenizer.h"
+#include "eval/cli_eval.h"
+#include "eval/mmbench_runner.h"
+#include "eval/runner.h"
+#include "eval/scoring/mmbench.h"
+#include "eval/textvqa_runner.h"
+#include "models/mgm.h"
+#include "tests_util.h"
+
+namespace mgm::eval {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A binary PPM (decoded by OpenCV and by the stb fallback alike).
+std::string ppm(int w, int h, int seed) {
+  std::string s = str_cat("P6\n", w, " ", h, "\n255\n");
+  for (int i = 0; i < w * h * 3; ++i) s.push_back(static_cast<char>((i * 37 + seed * 101) % 256));
+  return s;
+}
+
+std::string base64(const std::string& in) {
+  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    for (int s = 18; s >= 0; s -= 6) out.push_back(k[(v >> s) & 63]);
+  }
+  if (i < in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
+    out.push_back(k[(v >> 18) & 63]);
+    out.push_back(k[(v >> 12) & 63]);
+    out.push_back(i + 1 < in.size() ? k[(v >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+std::vector<std::string> lines_of(const std::string& path) {
+  std::vector<std::string> out;
+  for (const auto& l : split(read_file(path), '\n'))
+    if (!l.empty()) out.push_back(l);
+  return out;
+}
+
+std::vector<std::string> keys_of(const OrderedJson& j) {
+  std::vector<std::string> k;
+  for (auto it = j.begin(); it != j.end(); ++it) k.push_back(it.key());
+  return k;
+}
+
+// Everything of an answer line but the random answer_id.
+std::string stable(const std::string& line) {
+  OrderedJson j = OrderedJson::parse(line);
+  j.erase("answer_id");
+  return j.dump();
+}
+
+class EvalRunner : public ::testing::Test {
+ protected:
+  static const std::string& dir() {
+    static std::string d = [] {
+      const std::string root = test::temp_dir("eval_runner");
+      at::manual_seed(3);
+      const auto c = models::MgmConfig::from_file(test::source_dir() + "/configs/models/tiny.json");
+      models::MgmForCausalLM m(c);
+      m->reset_tower_parameters();
+      {
+        at::NoGradGuard ng;
+        for (auto& p : m->llm->parameters()) p.mul_(8.0);  // peaked, varied greedy outputs
+      }
+      std::vector<std::string> corpus = {
+          "<start_of_turn>user\nWhat is written on the sign?<end_of_turn>\n<start_of_turn>model\n",
+          "Reference OCR token: STOP, OPEN, CAFE\nAnswer the question using a single word or "
+          "phrase.",
+          "Answer with the option's letter from the given choices directly."};
+      // Enough distinct words for a 512-piece vocabulary, the model's size, so every id the
+      // model can emit decodes to text.
+      const char* syl[] = {"ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "pa", "qu", "xe"};
+      for (int i = 0; i < 400; ++i)
+        corpus.push_back(str_cat("the red circle is ", syl[i % 12], syl[(i / 12) % 12],
+                                 syl[(i * 7) % 12], " and ", syl[(i * 5) % 12], syl[i % 11],
+                                 " left of the blue square"));
+      make_dirs(root + "/MGM-tiny");
+      data::train_gemma_style_tokenizer(corpus, root + "/MGM-tiny/tokenizer.model", 512, 1);
+      {
+        // A random model with tied embeddings favours repeating its last input token, here the
+        // prompt's final "\n" (answers would strip to ""), and may pick <eos> at once. Zero rows
+        // give those two logit 0, below the maximum of the other random logits.
+        const auto tok = data::Tokenizer::load(root + "/MGM-tiny/tokenizer.model");
+        at::NoGradGuard ng;
+        m->llm->model->embed_tokens->weight[tok.eos_id()].zero_();
+        m->llm->model->embed_tokens->weight[*tok.piece_id("<0x0A>")].zero_();
+      }
+      save_mgm_checkpoint(m, root + "/MGM-tiny");
+      make_dirs(root + "/images");
+      for (int i = 0; i < 4; ++i)
+        write_file_atomic(str_cat(root, "/images/img", i, ".ppm"), ppm(20 + 7 * i, 30, i));
+      // Six questions; two share an image (and so a question_id, as in TextVQA).
+      std::string q;
+      const char* texts[] = {"What is written on the sign?", "What colour is the circle?",
+                             "What is the brand?",           "How many squares?",
+                             "Which word is red?",           "What is the time?"};
+      const char* ids[] = {"img0", "img1", "img1", "img2", "img3", "img0b"};
+      for (int i = 0; i < 6; ++i) {
+        const std::string image = i == 5 ? "img0.ppm" : str_cat(ids[i], ".ppm");
+        q += str_cat(
+            R"({"question_id": ")", ids[i], R"(", "image": ")", image, R"(", "text": ")", texts[i],
+            R"(\nReference OCR token: STOP, OPEN\nAnswer the question using a single word or phrase.", "category": "default"})",
+            "\n");
+      }
+      write_file_atomic(root + "/questions.jsonl", q);
+      return root;
+    }();
+    return d;
+  }
+
+  TextVqaOptions textvqa(const std::string& answers, int64_t batch = 4) const {
+    TextVqaOptions o;
+    o.model.model_path = dir() + "/MGM-tiny";
+    o.question_file = dir() + "/questions.jsonl";
+    o.image_folder = dir() + "/images";
+    o.run.answers_file = answers;
+    o.run.batch_size = batch;
+    o.run.generation.max_new_tokens = 6;
+    o.run.quiet = true;
+    return o;
+  }
+
+  // The unchunked, batch-size-1 answers (computed once).
+  static std::vector<std::string>& reference_lines() {
+    static std::vector<std::string> v;
+    return v;
+  }
+  const std::vector<std::string>& reference() {
+    if (reference_lines().empty()) {
+      const std::string a = test::temp_dir("eval_ref") + "/ref.jsonl";
+      run_textvqa(textvqa(a, 1));
+      reference_lines() = lines_of(a);
+    }
+    return reference_lines();
+  }
+};
+
+TEST_F(EvalRunner, TextVqaAnswerFileAsTheReference) {
+  const std::string a = test::temp_dir("eval_tv") + "/answers.jsonl";
+  const RunStats st = run_textvqa(textvqa(a, 4));
+  EXPECT_EQ(st.questions, 6u);
+  EXPECT_EQ(st.answered, 6u);
+  const auto lines = lines_of(a);
+  ASSERT_EQ(lines.size(), 6u);
+  const auto qs = read_textvqa_questions(dir() + "/questions.jsonl", "");
+  std::set<std::string> answer_ids;
+  std::set<std::string> texts;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const OrderedJson j = OrderedJson::parse(lines[i]);
+    EXPECT_EQ(keys_of(j), (std::vector<std::string>{"question_id", "prompt", "text", "answer_id",
+                                                    "model_id", "metadata"}));
+    EXPECT_EQ(j["question_id"], qs[i].head["question_id"]);
+    EXPECT_EQ(j["prompt"], qs[i].question);  // the question text verbatim, no image token
+    EXPECT_EQ(j["model_id"], "MGM-tiny");
+    EXPECT_EQ(j["metadata"], OrderedJson::object());
+    EXPECT_EQ(j["answer_id"].get<std::string>().size(), 22u);
+    answer_ids.insert(j["answer_id"].get<std::string>());
+    texts.insert(j["text"].get<std::string>());
+    // json.dumps layout: ", " and ": " separators, the line is its own re-serialisation.
+    EXPECT_EQ(lines[i], python_json_dumps(j));
+    EXPECT_TRUE(starts_with(lines[i], "{\"question_id\": \"")) << lines[i];
+  }
+  EXPECT_EQ(answer_ids.size(), 6u);
+  // Python's own json.dumps(json.loads(line)) gives every line back byte for byte.
+  const std::string script = fs::path(a).parent_path().string() + "/redump.py";
+  write_file_atomic(script,
+                    "import json, sys\n"
+                    "for l in open(sys.argv[1], encoding='utf-8', errors='surrogateescape'):\n"
+                    "    l = l.rstrip('\\n')\n"
+                    "    assert json.dumps(json.loads(l)) == l, l\n"
+                    "print('redump ok')\n");
+  std::string py_out;
+  EXPECT_EQ(test::run_python(script + " " + a, &py_out), 0) << py_out;
+  EXPECT_NE(py_out.find("redump ok"), std::string::npos) << py_out;
+  EXPECT_GE(texts.size(), 2u);  // the answers depend on the question / image
+  // Batched (4) answers equal one-at-a-time answers.
+  const auto& ref = reference();
+  ASSERT_EQ(ref.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(stable(lines[i]), stable(ref[i]));
+  // The scorer-side reader accepts the file: same sidecar present, nothing else written.
+  EXPECT_TRUE(path_exists(a + ".settings.json"));
+  const Json settings = read_json_file(a + ".settings.json");
+  EXPECT_EQ(settings["benchmark"], "textvqa");
+  EXPECT_EQ(settings["max_new_tokens"], 6);
+  EXPECT_EQ(settings["image_aspect_ratio"], "pad");
+}
+
+TEST_F(EvalRunner, ResumeAfterKillAnswersEveryQuestionOnce) {
+  const auto& ref = reference();
+  const std::string d = test::temp_dir("eval_kill");
+  const std::string a = d + "/answers.jsonl";
+  // The real binary, killed (SIGKILL) halfway through writing its second batch of two.
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  const fs::path bin = fs::path(self).parent_path().parent_path().parent_path() / "eval" / "mgm";
+  ASSERT_TRUE(fs::exists(bin)) << bin;
+  const std::string args =
+      str_cat(" eval textvqa --model-path ", dir(), "/MGM-tiny --question-file ", dir(),
+              "/questions.jsonl --image-folder ", dir(), "/images --answers-file ", a,
+              " --max_new_tokens 6 --batch_size 2");
+  const int rc =
+      std::system((bin.string() + args + " --test_kill_after_batches 1 2>/dev/null").c_str());
+  ASSERT_TRUE(WIFSIGNALED(rc) || (WIFEXITED(rc) && WEXITSTATUS(rc) == 128 + SIGKILL)) << rc;
+  const std::string killed = read_file(a);
+  EXPECT_NE(killed.back(), '\n');     // a torn line
+  EXPECT_EQ(lines_of(a).size(), 3u);  // two complete lines + the torn one
+  // Rerun (in-process): the torn line is dropped, the two answers kept, the rest appended.
+  const RunStats st = run_textvqa(textvqa(a, 3));
+  EXPECT_EQ(st.already_answered, 2u);
+  EXPECT_EQ(st.answered, 4u);
+  EXPECT_GT(st.torn_bytes_dropped, 0u);
+  const auto lines = lines_of(a);
+  ASSERT_EQ(lines.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(stable(lines[i]), stable(ref[i])) << i;
+  // A third run has nothing left to do.
+  const RunStats again = run_textvqa(textvqa(a, 3));
+  EXPECT_EQ(again.answered, 0u);
+  EXPECT_EQ(again.already_answered, 6u);
+  EXPECT_EQ(lines_of(a).size(), 6u);
+  // The binary resumes too, and a stop-after hook gives a clean prefix.
+  const std::string b = d + "/b.jsonl";
+  ASSERT_EQ(std::system((bin.string() + args + " --max_questions 3 >/dev/null 2>&1").c_str()), 0);
+  EXPECT_EQ(lines_of(a).size(), 6u);
+  auto o = textvqa(b, 2);
+  o.run.max_new_answers = 3;
+  EXPECT_EQ(run_textvqa(o).answered, 3u);
+  o.run.max_new_answers = -1;
+  EXPECT_EQ(run_textvqa(o).answered, 3u);
+  const auto lb = lines_of(b);
+  ASSERT_EQ(lb.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(stable(lb[i]), stable(ref[i])) << i;
+}
+
+TEST_F(EvalRunner, SettingsAreRecordedAndEnforced) {
+  const std::string d = test::temp_dir("eval_settings");
+  const std::string a = d + "/answers.jsonl";
+  auto o = textvqa(a, 6);
+  o.run.max_new_answers = 2;
+  run_textvqa(o);
+  auto other = o;
+  other.run.generation.max_new_tokens = 7;
+  try {
+    run_textvqa(other);
+    FAIL() << "expected a settings mismatch";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("max_new_tokens: recorded 6, now 7"), std::string::npos)
+        << e.what();
+  }
+  other.run.overwrite = true;  // starts afresh
+  EXPECT_EQ(run_textvqa(other).answered, 2u);
+  EXPECT_EQ(lines_of(a).size(), 2u);
+  // Answers without a settings record (e.g. from the Python reference) are not resumed blindly.
+  std::remove((a + ".settings.json").c_str());
+  other.run.overwrite = false;
+  EXPECT_THROW(run_textvqa(other), UsageError);
+  // A file answering questions of another question list is refused, naming the line.
+  const std::string c = d + "/c.jsonl";
+  auto oc = textvqa(c, 6);
+  run_textvqa(oc);
+  std::string text = read_file(c);
+  const std::string wrong = "\"prompt\": \"What is written on the sign?";
+  text.replace(text.find(wrong), wrong.size(), "\"prompt\": \"Something else?");
+  write_file_atomic(c, text);
+  try {
+    run_textvqa(oc);
+    FAIL() << "expected an unknown answer";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("line 1: question_id \"img0\""), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST_F(EvalRunner, ChunksMergedEqualUnchunked) {
+  const auto& ref = reference();
+  const std::string d = test::temp_dir("eval_chunks");
+  std::vector<std::string> parts;
+  for (int k = 0; k < 4; ++k) {  // 6 questions in 4 chunks: sizes 2, 2, 2, 0
+    auto o = textvqa(str_cat(d, "/4_", k, ".jsonl"), 8);
+    o.num_chunks = 4;
+    o.chunk_idx = k;
+    EXPECT_EQ(run_textvqa(o).questions, k < 3 ? 2u : 0u);
+    parts.push_back(o.run.answers_file);
+  }
+  EXPECT_EQ(merge_answer_files(parts, d + "/merge.jsonl"), 6u);
+  const auto merged = lines_of(d + "/merge.jsonl");
+  ASSERT_EQ(merged.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(stable(merged[i]), stable(ref[i])) << i;
+  // Merging the same chunk twice is refused, naming where.
+  try {
+    merge_answer_files({parts[0], parts[1], parts[0]}, d + "/dup.jsonl");
+    FAIL() << "expected a duplicate";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("4_0.jsonl line 1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("answered twice"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(path_exists(d + "/dup.jsonl"));
+  // Through the command: space-separated inputs.
+  auto cmds = eval_commands();
+  for (auto& c : cmds) {
+    if (c.name != "merge") continue;
+    EXPECT_EQ(
+        c.run({"--inputs", parts[0], parts[1], parts[2], parts[3], "--output", d + "/cli.jsonl"}),
+        0);
+  }
+  EXPECT_EQ(read_file(d + "/cli.jsonl"), read_file(d + "/merge.jsonl"));
+}
+
+TEST_F(EvalRunner, BadSamplesAreReportedAndSkippedByPolicy) {
+  const std::string d = test::temp_dir("eval_bad");
+  std::string q = read_file(dir() + "/questions.jsonl");
+  q += "{\"question_id\": \"gone\", \"image\": \"missing.ppm\", \"text\": \"Q?\"}\n";
+  q += "{\"question_id\": \"broken\", \"text\": \n";
+  q += "{\"question_id\": \"last\", \"image\": \"img1.ppm\", \"text\": \"What is last?\"}\n";
+  write_file_atomic(d + "/q.jsonl", q);
+  auto o = textvqa(d + "/a.jsonl", 4);
+  o.question_file = d + "/q.jsonl";
+  try {
+    run_textvqa(o);
+    FAIL() << "expected a missing image";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("q.jsonl line 7: question_id \"gone\""), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(lines_of(d + "/a.jsonl").size(), 4u);  // the first batch was kept
+  o.run.on_bad_sample = BadSamplePolicy::kSkip;
+  const RunStats st = run_textvqa(o);
+  EXPECT_EQ(st.skipped, 2u);
+  EXPECT_EQ(st.already_answered, 4u);
+  EXPECT_EQ(st.answered, 3u);
+  const auto lines = lines_of(d + "/a.jsonl");
+  ASSERT_EQ(lines.size(), 7u);
+  EXPECT_EQ(OrderedJson::parse(lines[6])["question_id"], "last");
+}
+
+TEST_F(EvalRunner, GenerationPromptsForBothTemplates) {
+  EvalModelOptions mo;
+  mo.model_path = dir() + "/MGM-tiny";
+  EvalModel m = load_eval_model(mo);
+  EXPECT_EQ(build_generation_prompt(m, "Q?\nAnswer.", true),
+            "<start_of_turn>user\n<image>\nQ?\nAnswer.<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(build_generation_prompt(m, "Q?", false),
+            "<start_of_turn>user\nQ?<end_of_turn>\n<start_of_turn>model\n");
+  const auto ids = m.tokenizer.encode_with_image(build_generation_prompt(m, "Q?", true));
+  EXPECT_EQ(ids[0], m.tokenizer.bos_id());
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), data::kImageTokenIndex), 1);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), m.tokenizer.bos_id()), 1);
+  mo.conv_mode = "vicuna_v1";
+  m = load_eval_model(mo);
+  EXPECT_EQ(build_generation_prompt(m, "Q?", true),
+            "A chat between a curious user and an artificial intelligence assistant. The "
+            "assistant gives helpful, detailed, and polite answers to the user's questions. "
+            "USER: <image>\nQ? ASSISTANT:");
+}
+
+TEST(EvalHelpers, ChunkRangeAsSplitListGetChunk) {
+  using R = std::pair<size_t, size_t>;
+  // split_list(range(10), 3): chunk size ceil(10/3) = 4 -> [0:4], [4:8], [8:10].
+  EXPECT_EQ(chunk_range(10, 3, 0), R(0, 4));
+  EXPECT_EQ(chunk_range(10, 3, 1), R(4, 8));
+  EXPECT_EQ(chunk_range(10, 3, 2), R(8, 10));
+  // 5 in 4: size 2 -> [0:2], [2:4], [4:5] and an empty fourth chunk (IndexError in Python).
+  EXPECT_EQ(chunk_range(5, 4, 2), R(4, 5));
+  EXPECT_EQ(chunk_range(5, 4, 3), R(5, 5));
+  EXPECT_EQ(chunk_range(8, 8, 7), R(7, 8));
+  EXPECT_EQ(chunk_range(3, 1, 0), R(0, 3));
+  EXPECT_THROW(chunk_range(3, 2, 2), UsageError);
+  EXPECT_THROW(chunk_range(3, 0, 0), UsageError);
+}
+
+TEST(EvalHelpers, PythonJsonDumpsAndNames) {
+  OrderedJson j = OrderedJson::object();
+  j["question_id"] = 7;
+  j["prompt"] = "caf\xc3\xa9 \"q\"\\\n\t\x01 \xf0\x9f\x98\x80";
+  j["options"] = {"A b", "C"};
+  j["metadata"] = OrderedJson::object();
+  j["f"] = 0.5;
+  j["b"] = false;
+  // json.dumps({...}) in Python 3 (ensure_ascii, ", " / ": ").
+  EXPECT_EQ(python_json_dumps(j),
+            R"({"question_id": 7, "prompt": "caf\u00e9 \"q\"\\\n\t\u0001 \ud83d\ude00", )"
+            R"("options": ["A b", "C"], "metadata": {}, "f": 0.5, "b": false})");
+  EXPECT_EQ(model_name_from_path("/work/ckpt/MGM-2B/"), "MGM-2B");
+  EXPECT_EQ(model_name_from_path("runs/mgm/checkpoint-500"), "mgm_checkpoint-500");
+  const std::string u = short_uuid();
+  EXPECT_EQ(u.size(), 22u);
+  EXPECT_EQ(u.find_first_not_of("23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"),
+            std::string::npos);
+  EXPECT_NE(short_uuid(), u);
+  const auto b = decode_base64("TWFu SGk=");
+  EXPECT_EQ(std::string(b.begin(), b.end()), "ManHi");
+  EXPECT_THROW(decode_base64("TW*u"), Error);
+}
+
+TEST(EvalMmbench, PromptsAsTheReference) {
+  MmbenchRow r;
+  r.index = 12;
+  r.question = "What is shown?";
+  r.hint = "Look closely.";
+  r.has_hint = true;
+  r.options = {"cat", "dog", "bird", "fish"};
+  MmbenchPromptOptions p;
+  p.single_pred_prompt = true;
+  auto items = mmbench_items(r, p, "t.tsv line 2");
+  ASSERT_EQ(items.size(), 1u);
+  const std::string q = "Look closely.\nWhat is shown?\nA. cat\nB. dog\nC. bird\nD. fish";
+  EXPECT_EQ(items[0].head["prompt"], q);
+  EXPECT_EQ(items[0].question,
+            q + "\nAnswer with the option's letter from the given choices directly.");
+  EXPECT_EQ(keys_of(items[0].head),
+            (std::vector<std::string>{"question_id", "round_id", "prompt"}));
+  EXPECT_EQ(keys_of(items[0].tail), (std::vector<std::string>{"options", "option_char"}));
+  EXPECT_EQ(items[0].head["question_id"], 12);
+  EXPECT_EQ(items[0].tail["option_char"], OrderedJson({"A", "B", "C", "D"}));
+
+  // --all-rounds: displayed letters stay A.., texts rotate; option_char holds original letters.
+  p.all_rounds = true;
+  p.lang = "cn";
+  r.has_hint = false;
+  r.options = {"red", "green", "blue"};
+  items = mmbench_items(r, p, "t.tsv line 2");
+  ASSERT_EQ(items.size(), 3u);
+  EXPECT_EQ(items[1].head["prompt"], "What is shown?\nA. green\nB. blue\nC. red");
+  EXPECT_EQ(items[1].head["round_id"], 1);
+  EXPECT_EQ(items[1].tail["options"], OrderedJson({"green", "blue", "red"}));
+  EXPECT_EQ(items[1].tail["option_char"], OrderedJson({"B", "C", "A"}));
+  EXPECT_EQ(items[2].tail["option_char"], OrderedJson({"C", "A", "B"}));
+  EXPECT_EQ(items[2].question,
+            "What is shown?\nA. blue\nB. red\nC. green\n\xe8\xaf\xb7\xe7\x9b\xb4\xe6\x8e\xa5\xe5"
+            "\x9b\x9e\xe7\xad\x94\xe9\x80\x89\xe9\xa1\xb9\xe5\xad\x97\xe6\xaf\x8d\xe3\x80\x82");
+  p.lang = "fr";
+  EXPECT_THROW(mmbench_items(r, p, "x"), UsageError);
+}
+
+TEST_F(EvalRunner, MmbenchEndToEnd) {
+  const std::string d = test::temp_dir("eval_mmb");
+  const std::string img = base64(ppm(24, 16, 5));
+  std::string tsv =
+      "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\tsource\tl2-category\tcomment"
+      "\tsplit\n";
+  tsv += "0\tWhat colour?\tnan\tred\tblue\tgreen\tnan\tA\tocr\t" + img +
+         "\ts\tfinegrained_perception (instance-level)\tnan\tdev\n";
+  tsv += "1\t\"Which, \"\"quoted\"\"?\"\tA hint.\tyes\tno\tNone\tmaybe\tB\tocr\t" + img +
+         "\ts\tfinegrained_perception (instance-level)\tnan\tdev\n";
+  tsv += "1000000\tWhat colour?\tnan\tblue\tgreen\tred\tnan\tC\tocr\t" + img +
+         "\ts\tfinegrained_perception (instance-level)\tnan\tdev\n";
+  write_file_atomic(d + "/mmb.tsv", tsv);
+  const auto rows = read_mmbench_rows(d + "/mmb.tsv");
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_FALSE(rows[0].has_hint);
+  EXPECT_EQ(rows[0].options, (std::vector<std::string>{"red", "blue", "green"}));
+  EXPECT_EQ(rows[1].question, "Which, \"quoted\"?");
+  EXPECT_EQ(rows[1].options, (std::vector<std::string>{"yes", "no"}));  // stops at "None"
+
+  MmbenchOptions o;
+  o.model.model_path = dir() + "/MGM-tiny";
+  o.question_file = d + "/mmb.tsv";
+  o.prompt.single_pred_prompt = true;
+  o.run.answers_file = d + "/answers.jsonl";
+  o.run.generation.max_new_tokens = 4;
+  o.run.quiet = true;
+  EXPECT_EQ(run_mmbench(o).answered, 3u);
+  const auto lines = lines_of(o.run.answers_file);
+  ASSERT_EQ(lines.size(), 3u);
+  const OrderedJson j = OrderedJson::parse(lines[1]);
+  EXPECT_EQ(keys_of(j),
+            (std::vector<std::string>{"question_id", "round_id", "prompt", "text", "options",
+                                      "option_char", "answer_id", "model_id", "metadata"}));
+  EXPECT_EQ(j["question_id"], 1);
+  EXPECT_EQ(j["round_id"], 0);
+  EXPECT_EQ(j["prompt"], "A hint.\nWhich, \"quoted\"?\nA. yes\nB. no");
+  EXPECT_EQ(j["options"], OrderedJson({"yes", "no"}));
+  EXPECT_EQ(lines[1], python_json_dumps(j));
+  // The scorer reads the file: every row has a prediction.
+  const MmbenchScore s = score_mmbench(o.question_file, o.run.answers_file, McqMatcher::k2024);
+  EXPECT_EQ(s.answer_lines, 3u);
+  EXPECT_TRUE(s.missing_predictions.empty());
+  // --all-rounds: one line per option of every row (3 + 2 + 3).
+  o.prompt.all_rounds = true;
+  o.run.answers_file = d + "/rounds.jsonl";
+  EXPECT_EQ(run_mmbench(o).answered, 8u);
+}
+
+}  // namespace
+}  // namespace mgm::eval
