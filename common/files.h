@@ -80,5 +80,9 @@ std::string path_join(const std::string& a, const std::string& b);
 std::string parent_dir(const std::string& path);
 std::string base_name(const std::string& path);
 void fsync_dir(const std::string& dir);
+// Removes a file or a folder tree (symlinks are removed, not followed); a missing path is fine.
+// POSIX nftw rather than std::filesystem::remove_all: libtorch.so exports its own copy of the
+// std::filesystem symbols, and calls can bind to it and crash.
+void remove_tree(const std::string& path);
 
 }  // namespace mgm

@@ -1,51 +1,79 @@
 #!/usr/bin/env bash
-# The README's run command. Until the trainer lands it demonstrates what exists end to end:
-# sets up and builds if needed, has the Python reference (torch) save a small Gemma-shaped state
-# dict with torch.save (an OrderedDict, as HF/LLaVA write pytorch_model.bin), converts it with
-# `mgm weights convert` into a sharded safetensors folder and back to a .bin, and inspects each.
-# Outputs go to $MGM_DEMO_OUT (default: demo_out/ in the repository).
+# The README's run command: the embedded default end to end on CPU.
+#   1. sets up (apt packages, the venv) and builds, if needed;
+#   2. generates the synthetic dataset (`mgm data synth`): images of coloured shapes and words,
+#      pretraining captions, finetuning conversations, TextVQA- and MMBench-format eval sets and a
+#      sentencepiece tokenizer;
+#   3. pretrains the demo-size MGM (configs/models/demo.json, random init) with `train_mgm --stage
+#      pretrain`, then finetunes it with `--stage finetune` from the stage-1 mm_projector.bin;
+#   4. evaluates the untrained and the finetuned model on both synthetic benchmarks with
+#      `mgm eval textvqa|mmbench` and `mgm score textvqa|mmbench`.
+# Outputs go to $MGM_DEMO_OUT (default: demo_out/ in the repository); a rerun starts afresh.
+# MGM_DEMO_SIZE (training images, default 1500) and MGM_DEMO_THREADS tune the run.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 source "$here/env.sh"
 out="${MGM_DEMO_OUT:-$root/demo_out}"
+size="${MGM_DEMO_SIZE:-1500}"
+threads="${MGM_DEMO_THREADS:-$(nproc 2>/dev/null || echo 2)}"
+t0=$SECONDS
 
 bash "$here/setup.sh"
+echo "== build"
 bash "$here/build.sh" >/dev/null
-mgm="$root/$MGM_BUILD_DIR/eval/mgm"
+bin="$root/$MGM_BUILD_DIR"
+mgm="$bin/eval/mgm"
+train="$bin/trainer/train_mgm"
+rm -rf "$out"
 mkdir -p "$out"
-rm -rf "$out/sharded" "$out/roundtrip.bin"
 
-"$MGM_VENV/bin/python" - "$out" <<'PY'
-import collections, sys, torch
-torch.manual_seed(0)
-h, inter, vocab, layers = 64, 128, 1000, 2
-sd = collections.OrderedDict()
-sd["model.embed_tokens.weight"] = torch.randn(vocab, h)
-for i in range(layers):
-    p = f"model.layers.{i}."
-    for n, shape in [("self_attn.q_proj", (h, h)), ("self_attn.k_proj", (16, h)),
-                     ("self_attn.v_proj", (16, h)), ("self_attn.o_proj", (h, h)),
-                     ("mlp.gate_proj", (inter, h)), ("mlp.up_proj", (inter, h)),
-                     ("mlp.down_proj", (h, inter))]:
-        sd[p + n + ".weight"] = torch.randn(*shape)
-    sd[p + "input_layernorm.weight"] = torch.zeros(h)
-    sd[p + "post_attention_layernorm.weight"] = torch.zeros(h)
-sd["model.norm.weight"] = torch.zeros(h)
-torch.save(sd, sys.argv[1] + "/pytorch_model.bin")
-print(f"python: wrote {sys.argv[1]}/pytorch_model.bin ({len(sd)} tensors)")
+echo "== mgm data synth ($size training images)"
+"$mgm" data synth --out "$out/data" --seed 0 --size "$size" --eval_size 150 --vocab_size 1024
+data="$out/data"
+common=(--model_config "$root/configs/models/demo.json" --tokenizer "$data/tokenizer/tokenizer.model"
+        --version gemma --image_folder "$data/images" --seed 42 --num_threads "$threads"
+        --dataloader_num_workers 1 --logging_steps 10 --save_steps 100 --save_total_limit 1)
+
+echo "== train_mgm --stage pretrain (projector + resampler; LLM and towers frozen)"
+"$train" --stage pretrain "${common[@]}" --data_path "$data/pretrain.json" --output_dir "$out/pretrain" \
+  --num_train_epochs 1 --per_device_train_batch_size 16 --learning_rate 1e-3 --weight_decay 0 \
+  --warmup_ratio 0.03 --lr_scheduler_type cosine
+
+echo "== train_mgm --stage finetune (LLM + projector + resampler)"
+"$train" --stage finetune "${common[@]}" --data_path "$data/finetune.json" --output_dir "$out/finetune" \
+  --pretrain_mm_mlp_adapter "$out/pretrain/mm_projector.bin" --image_aspect_ratio pad \
+  --group_by_modality_length true --num_train_epochs 3 --per_device_train_batch_size 16 \
+  --learning_rate 2e-3 --weight_decay 0 --warmup_ratio 0.03 --lr_scheduler_type cosine
+
+# The untrained baseline: the same random model, saved without a single update (learning rate 0).
+"$train" --stage finetune "${common[@]}" --data_path "$data/finetune.json" --output_dir "$out/untrained" \
+  --pretrain_mm_mlp_adapter "$out/pretrain/mm_projector.bin" --image_aspect_ratio pad \
+  --max_steps 1 --per_device_train_batch_size 1 --learning_rate 0 --progress none >/dev/null
+
+echo "== evaluation on the synthetic TextVQA- and MMBench-format sets"
+for model in untrained finetune; do
+  m="$out/$model"
+  "$mgm" eval textvqa --model-path "$m" --question-file "$data/eval/textvqa_questions.jsonl" \
+    --image-folder "$data/images" --answers-file "$m/textvqa_answers.jsonl" --conv-mode gemma \
+    --max_new_tokens 8 --batch_size 16 >/dev/null
+  "$mgm" eval mmbench --model-path "$m" --question-file "$data/eval/mmbench.tsv" \
+    --answers-file "$m/mmbench_answers.jsonl" --conv-mode gemma --single-pred-prompt \
+    --max_new_tokens 4 --batch_size 16 >/dev/null
+  echo "-- $model model"
+  "$mgm" score textvqa --annotation-file "$data/eval/textvqa_annotations.json" \
+    --result-file "$m/textvqa_answers.jsonl"
+  "$mgm" score mmbench --question-file "$data/eval/mmbench.tsv" --result-file "$m/mmbench_answers.jsonl" \
+    --out-dir "$m/mmbench_report" | grep -v "^wrote "
+done
+"$MGM_VENV/bin/python" - "$data/synth.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+chance = m.get("chance")
+if chance:
+    print("chance levels:", ", ".join(f"{k} {100*v:.1f}%" for k, v in chance.items()))
 PY
 
-echo "== mgm weights inspect pytorch_model.bin --summary"
-"$mgm" weights inspect "$out/pytorch_model.bin" --summary
-echo "== mgm weights convert pytorch_model.bin -> sharded bf16 safetensors (max 200KB per shard)"
-"$mgm" weights convert "$out/pytorch_model.bin" "$out/sharded" --dtype bf16 --max_shard_size 200KB
-"$mgm" weights inspect "$out/sharded" --filter layers.1.mlp
-echo "== mgm weights convert sharded -> roundtrip.bin"
-"$mgm" weights convert "$out/sharded" "$out/roundtrip.bin"
-"$MGM_VENV/bin/python" -c "
-import torch,sys
-a=torch.load('$out/pytorch_model.bin'); b=torch.load('$out/roundtrip.bin', weights_only=True)
-assert set(a)==set(b) and all(torch.equal(a[k].bfloat16(), b[k]) for k in a)
-print('python: roundtrip.bin loads with torch.load(weights_only=True) and equals the bf16 original')"
-echo "outputs: $out"
+echo "== done in $((SECONDS - t0)) s; outputs in $out:"
+echo "   data/ (synthetic set), pretrain/ (mm_projector.bin, config.json, metrics.jsonl, loss.png),"
+echo "   finetune/ (MGM checkpoint, loss.png, answers and scores), untrained/ (the baseline)"

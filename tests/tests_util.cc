@@ -1,5 +1,7 @@
 #include "tests_util.h"
 
+#include "common/files.h"
+
 #include <unistd.h>
 
 #include <array>
@@ -17,13 +19,17 @@ std::string temp_dir(const std::string& tag) {
   const char* base = std::getenv("MGM_TEST_TMP");
   std::string root = base ? base : "/tmp/mgm_tests";
   std::string d = root + "/" + tag + "." + std::to_string(::getpid()) + "." + std::to_string(n++);
-  std::filesystem::remove_all(d);
+  mgm::remove_tree(d);
   std::filesystem::create_directories(d);
   return d;
 }
 
 int run_python(const std::string& script_and_args, std::string* out) {
-  std::string cmd = std::string(MGM_PYTHON) + " " + script_and_args + " 2>&1";
+  return run_command(std::string(MGM_PYTHON) + " " + script_and_args, out);
+}
+
+int run_command(const std::string& command, std::string* out) {
+  const std::string cmd = command + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return -1;
   std::array<char, 4096> buf{};

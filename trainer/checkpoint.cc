@@ -1,0 +1,120 @@
+#include "trainer/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
+
+#include "common/error.h"
+#include "common/files.h"
+#include "common/log.h"
+#include "common/strings.h"
+
+namespace mgm::trainer {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// "checkpoint-123" -> 123; -1 for anything else.
+int64_t checkpoint_step(const std::string& name) {
+  static const std::string kPrefix = "checkpoint-";
+  if (!starts_with(name, kPrefix) || name.size() == kPrefix.size()) return -1;
+  int64_t v = 0;
+  for (size_t i = kPrefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
+std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir) {
+  std::vector<CheckpointInfo> out;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const int64_t step = checkpoint_step(name);
+    if (step < 0 || !e.is_directory()) continue;
+    if (!path_exists((e.path() / kTrainerStateFile).string())) continue;
+    out.push_back({step, e.path().string()});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const CheckpointInfo& a, const CheckpointInfo& b) { return a.step < b.step; });
+  return out;
+}
+
+int remove_incomplete_checkpoints(const std::string& output_dir) {
+  int n = 0;
+  std::error_code ec;
+  if (!fs::is_directory(output_dir, ec)) return 0;
+  std::vector<std::string> stale;
+  for (const auto& e : fs::directory_iterator(output_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t dot = name.find(".tmp-");
+    if (dot != std::string::npos && checkpoint_step(name.substr(0, dot)) >= 0 && e.is_directory())
+      stale.push_back(e.path().string());
+  }
+  for (const auto& s : stale) {
+    log::warn("removing the incomplete checkpoint ", s, " (an interrupted save)");
+    remove_tree(s);
+    ++n;
+  }
+  return n;
+}
+
+CheckpointWriter::CheckpointWriter(const std::string& output_dir, int64_t step)
+    : output_dir_(output_dir) {
+  final_ = path_join(output_dir, str_cat("checkpoint-", step));
+  tmp_ = str_cat(final_, ".tmp-", static_cast<int64_t>(getpid()));
+  if (path_exists(tmp_)) remove_tree(tmp_);
+  make_dirs(tmp_);
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (!done_) {
+    try {
+      remove_tree(tmp_);
+    } catch (const Error& e) {
+      log::warn(e.what());
+    }
+  }
+}
+
+std::string CheckpointWriter::file(const std::string& name) const { return path_join(tmp_, name); }
+
+std::string CheckpointWriter::commit(const Json& trainer_state) {
+  // The state file is the completeness marker: written (atomically) after every other file.
+  write_json_file(file(kTrainerStateFile), trainer_state);
+  fsync_dir(tmp_);
+  if (path_exists(final_)) {
+    // Same step saved again (a resumed run reaching a step it had saved): move the old one
+    // aside first so a complete checkpoint-N exists at every moment but the rename itself.
+    const std::string old = str_cat(final_, ".tmp-old-", static_cast<int64_t>(getpid()));
+    rename_into_place(final_, old);
+    rename_into_place(tmp_, final_);
+    remove_tree(old);
+  } else {
+    rename_into_place(tmp_, final_);
+  }
+  done_ = true;
+  return final_;
+}
+
+std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit) {
+  std::vector<std::string> removed;
+  if (limit <= 0) return removed;
+  std::vector<CheckpointInfo> all = list_checkpoints(output_dir);
+  // The newest is last; it is never among the ones removed because limit >= 1.
+  while (static_cast<int64_t>(all.size()) > limit) {
+    remove_tree(all.front().path);
+    removed.push_back(all.front().path);
+    all.erase(all.begin());
+  }
+  return removed;
+}
+
+}  // namespace mgm::trainer
