@@ -43,8 +43,8 @@ echo "== train_mgm --stage pretrain (projector + resampler; LLM and towers froze
 echo "== train_mgm --stage finetune (LLM + projector + resampler)"
 "$train" --stage finetune "${common[@]}" --data_path "$data/finetune.json" --output_dir "$out/finetune" \
   --pretrain_mm_mlp_adapter "$out/pretrain/mm_projector.bin" --image_aspect_ratio pad \
-  --group_by_modality_length true --num_train_epochs 3 --per_device_train_batch_size 16 \
-  --learning_rate 2e-3 --weight_decay 0 --warmup_ratio 0.03 --lr_scheduler_type cosine
+  --group_by_modality_length true --num_train_epochs 3 --per_device_train_batch_size 8 \
+  --learning_rate 4e-3 --weight_decay 0 --warmup_ratio 0.03 --lr_scheduler_type cosine
 
 # The untrained baseline: the same random model, saved without a single update (learning rate 0).
 "$train" --stage finetune "${common[@]}" --data_path "$data/finetune.json" --output_dir "$out/untrained" \
@@ -62,7 +62,7 @@ for model in untrained finetune; do
     --max_new_tokens 4 --batch_size 16 >/dev/null
   echo "-- $model model"
   "$mgm" score textvqa --annotation-file "$data/eval/textvqa_annotations.json" \
-    --result-file "$m/textvqa_answers.jsonl"
+    --result-file "$m/textvqa_answers.jsonl" | grep -v '^$' 
   "$mgm" score mmbench --question-file "$data/eval/mmbench.tsv" --result-file "$m/mmbench_answers.jsonl" \
     --out-dir "$m/mmbench_report" | grep -v "^wrote "
 done
