@@ -56,22 +56,23 @@ for model in untrained finetune; do
   m="$out/$model"
   "$mgm" eval textvqa --model-path "$m" --question-file "$data/eval/textvqa_questions.jsonl" \
     --image-folder "$data/images" --answers-file "$m/textvqa_answers.jsonl" --conv-mode gemma \
-    --max_new_tokens 8 --batch_size 16 >/dev/null
+    --max_new_tokens 8 --batch_size 16 >/dev/null 2> >(grep -v " answered$" >&2)
   "$mgm" eval mmbench --model-path "$m" --question-file "$data/eval/mmbench.tsv" \
     --answers-file "$m/mmbench_answers.jsonl" --conv-mode gemma --single-pred-prompt \
-    --max_new_tokens 4 --batch_size 16 >/dev/null
+    --max_new_tokens 4 --batch_size 16 >/dev/null 2> >(grep -v " answered$" >&2)
   echo "-- $model model"
   "$mgm" score textvqa --annotation-file "$data/eval/textvqa_annotations.json" \
-    --result-file "$m/textvqa_answers.jsonl" | grep -v '^$' 
+    --result-file "$m/textvqa_answers.jsonl" | grep -v '^$'
   "$mgm" score mmbench --question-file "$data/eval/mmbench.tsv" --result-file "$m/mmbench_answers.jsonl" \
     --out-dir "$m/mmbench_report" | grep -v "^wrote "
 done
 "$MGM_VENV/bin/python" - "$data/synth.json" <<'PY'
 import json, sys
-m = json.load(open(sys.argv[1]))
-chance = m.get("chance")
-if chance:
-    print("chance levels:", ", ".join(f"{k} {100*v:.1f}%" for k, v in chance.items()))
+c = json.load(open(sys.argv[1])).get("chance", {})
+if c:
+    print(f"chance levels: TextVQA {100 * c['textvqa']['overall']:.1f}%, "
+          f"MMBench circular {100 * c['mmbench_circular']['overall']:.1f}% "
+          f"(single-pass {100 * c['mmbench']['overall']:.1f}%)")
 PY
 
 echo "== done in $((SECONDS - t0)) s; outputs in $out:"
