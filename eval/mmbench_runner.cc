@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/strings.h"
+#include "eval/scoring/mmbench.h"
 
 namespace mgm::eval {
 namespace {
@@ -26,65 +27,6 @@ bool is_none(const std::string& v) {
   if (is_pandas_na(v)) return true;
   const std::string l = to_lower(v);
   return l == "nan" || l == "none";
-}
-
-struct TsvRecord {
-  size_t line = 0;
-  std::vector<std::string> fields;
-};
-
-// The reading rules of the scorer's TSV reader (eval/scoring/mmbench.cc), which keeps its parser
-// private: tabs, '"'-quoted fields with "" escapes and embedded newlines, blank lines skipped.
-std::vector<TsvRecord> parse_tsv(const std::string& path) {
-  const std::string t = read_file(path);
-  std::vector<TsvRecord> out;
-  size_t i = 0, line = 1;
-  const size_t n = t.size();
-  while (i < n) {
-    if (t[i] == '\n' || (t[i] == '\r' && i + 1 < n && t[i + 1] == '\n')) {
-      i += t[i] == '\r' ? 2 : 1;
-      ++line;
-      continue;
-    }
-    TsvRecord rec;
-    rec.line = line;
-    for (bool end = false; !end;) {
-      std::string field;
-      if (i < n && t[i] == '"') {
-        ++i;
-        bool closed = false;
-        while (i < n) {
-          if (t[i] == '"') {
-            if (i + 1 < n && t[i + 1] == '"') {
-              field.push_back('"');
-              i += 2;
-              continue;
-            }
-            ++i;
-            closed = true;
-            break;
-          }
-          if (t[i] == '\n') ++line;
-          field.push_back(t[i++]);
-        }
-        MGM_CHECK_FORMAT(closed, path, "line ", rec.line, ": unterminated quoted field");
-      }
-      while (i < n && t[i] != '\t' && t[i] != '\n') field.push_back(t[i++]);
-      if (!field.empty() && field.back() == '\r' && (i >= n || t[i] == '\n')) field.pop_back();
-      rec.fields.push_back(std::move(field));
-      if (i >= n) {
-        end = true;
-      } else if (t[i] == '\t') {
-        ++i;
-      } else {
-        ++i;
-        ++line;
-        end = true;
-      }
-    }
-    out.push_back(std::move(rec));
-  }
-  return out;
 }
 
 }  // namespace

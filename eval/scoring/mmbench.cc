@@ -112,10 +112,7 @@ bool is_pandas_na(const std::string& v) {
   return kNa.count(v) > 0;
 }
 
-struct TsvRecord {
-  size_t line = 0;
-  std::vector<std::string> fields;
-};
+}  // namespace
 
 std::vector<TsvRecord> parse_tsv(const std::string& path) {
   const std::string t = read_file(path);
@@ -172,6 +169,8 @@ std::vector<TsvRecord> parse_tsv(const std::string& path) {
   }
   return out;
 }
+
+namespace {
 
 std::string csv_field(const std::string& v) {
   if (v.find_first_of(",\"\n\r") == std::string::npos) return v;

@@ -50,6 +50,14 @@ struct MmbQuestion {
 // fields, a bad index, a duplicate index or no answer is a FormatError naming file and line.
 std::vector<MmbQuestion> read_mmbench_questions(const std::string& tsv_path);
 
+// The TSV records of a benchmark file as pandas.read_csv(sep='\t') reads them: tabs, '"'-quoted
+// fields with "" escapes and embedded newlines, blank lines skipped; `line` is where a record starts.
+struct TsvRecord {
+  size_t line = 0;
+  std::vector<std::string> fields;
+};
+std::vector<TsvRecord> parse_tsv(const std::string& path);
+
 // Base index -> positions of its rows in `questions`, in ascending index order. Only groups with
 // a base row (index < 1e6) are kept, as in the reference.
 std::map<int64_t, std::vector<size_t>> mmbench_circular_groups(
