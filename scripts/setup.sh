@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 / Ubuntu machine needs to build and test the project:
 # Debian packages (compilers, cmake, ninja, OpenCV, sentencepiece, nlohmann-json, gtest, stb, ccache,
-# clang with libFuzzer for the fuzz test)
+# clang with libFuzzer for the fuzz test, gloo's headers for the Gloo data-parallel backend)
 # and a Python venv holding torch (whose libtorch the C++ build links) plus the pinned packages
 # the parity tests use. Idempotent: a second run checks and returns in seconds.
 #
@@ -22,6 +22,7 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 apt_packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libopencv-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev libstb-dev
+  libgloo-dev
   python3-venv
   clang
 )

@@ -104,7 +104,20 @@ cli::ArgParser make_parser() {
             "checkpoint-N folder to resume from (default: the newest complete one in "
             "output_dir)")
       .flag("progress", Kind::kString, "auto", "auto | bar | plain | none")
-      .flag("num_threads", Kind::kInt, "0", "CPU compute threads (0: libtorch's default)");
+      .flag("num_threads", Kind::kInt, "0", "CPU compute threads (0: libtorch's default)")
+      // data parallelism
+      .flag("nproc_per_node", Kind::kInt, "0",
+            "start N worker processes on this machine (one per GPU with --device cuda) and "
+            "supervise them; across nodes launch with torchrun, srun or mpirun instead")
+      .flag("master_port", Kind::kInt, "0", "with --nproc_per_node: the rendezvous port (0: a free one)")
+      .flag("ddp_backend", Kind::kString, "auto", "auto (nccl on cuda, gloo on cpu) | nccl | gloo")
+      .flag("ddp_timeout", Kind::kInt, "600",
+            "seconds a collective or the rendezvous may wait before the job stops with an error")
+      .flag("ddp_bucket_cap_mb", Kind::kFloat, "25", "gradient all-reduce bucket size (MiB)")
+      .flag("zero_stage", Kind::kInt, "0",
+            "1: shard the AdamW state and fp32 master weights across ranks (ZeRO stage 1)")
+      .flag("local_rank", Kind::kInt, "-1",
+            "accepted for torch.distributed.launch / deepspeed command lines; must equal LOCAL_RANK");
   return p;
 }
 
@@ -225,6 +238,12 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   a.resume_from_checkpoint = p.str("resume_from_checkpoint");
   a.progress = p.str("progress");
   a.num_threads = p.integer("num_threads");
+  a.nproc_per_node = p.integer("nproc_per_node");
+  a.master_port = p.integer("master_port");
+  a.ddp_backend = p.str("ddp_backend");
+  a.ddp_timeout = p.integer("ddp_timeout");
+  a.ddp_bucket_cap_mb = p.number("ddp_bucket_cap_mb");
+  a.zero_stage = p.integer("zero_stage");
 
   // What MGM-2B's architecture does not have is refused rather than silently ignored.
   if (p.boolean("mm_use_im_start_end") || p.boolean("mm_use_im_patch_token"))
@@ -279,6 +298,25 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   if (a.model_config.empty() && a.tokenizer.empty()) a.tokenizer = a.model_name_or_path;
   if (a.tokenizer.empty())
     throw UsageError("--tokenizer is needed with --model_config (the tokenizer.model to train with)");
+  if (a.nproc_per_node < 0) throw UsageError("--nproc_per_node must be >= 0");
+  if (a.master_port < 0 || a.master_port > 65535) throw UsageError("--master_port must lie in [0, 65535]");
+  if (a.ddp_backend != "auto" && a.ddp_backend != "nccl" && a.ddp_backend != "gloo")
+    throw UsageError(str_cat("--ddp_backend: expected auto, nccl or gloo, got '", a.ddp_backend, "'"));
+  positive("ddp_timeout", a.ddp_timeout);
+  if (!(a.ddp_bucket_cap_mb > 0)) throw UsageError("--ddp_bucket_cap_mb must be positive");
+  if (a.zero_stage != 0 && a.zero_stage != 1)
+    throw UsageError(str_cat("--zero_stage: expected 0 or 1 (ZeRO-2/3 are not implemented), got ", a.zero_stage));
+  if (a.nproc_per_node > 0 && !is_launched_worker()) {
+    const LaunchEnv outer = detect_launch_env();
+    if (outer.distributed())
+      throw UsageError(str_cat("--nproc_per_node starts its own workers, but this process was already "
+                               "started by ", outer.launcher, " (", outer.describe(), "): use one or the other"));
+  } else {
+    a.launch = detect_launch_env();
+  }
+  if (p.integer("local_rank") >= 0 && a.launch.distributed() && p.integer("local_rank") != a.launch.local_rank)
+    throw UsageError(str_cat("--local_rank ", p.integer("local_rank"), " contradicts the environment's ",
+                             a.launch.describe()));
   const int64_t global = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size();
   if (a.expected_global_batch_size > 0 && global != a.expected_global_batch_size)
     throw UsageError(str_cat("global batch size ", a.per_device_train_batch_size, " (per device) x ",
@@ -340,6 +378,8 @@ Json TrainArgs::to_json() const {
   j["gradient_checkpointing"] = gradient_checkpointing;
   j["device"] = device;
   j["world_size"] = world_size();
+  j["zero_stage"] = zero_stage;
+  j["ddp_bucket_cap_mb"] = ddp_bucket_cap_mb;
   return j;
 }
 
@@ -352,10 +392,11 @@ std::vector<std::string> resume_incompatibilities(const Json& saved, const Json&
                                 "gradient_accumulation_steps", "learning_rate", "weight_decay",
                                 "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                                 "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed", "bf16",
-                                "fp16", "world_size"};
+                                "fp16", "world_size", "zero_stage"};
   std::vector<std::string> out;
   for (const char* k : kKeys) {
-    const Json a = saved.contains(k) ? saved.at(k) : Json();
+    // Checkpoints from before a key existed hold its default.
+    const Json a = saved.contains(k) ? saved.at(k) : std::string(k) == "zero_stage" ? Json(0) : Json();
     const Json b = now.contains(k) ? now.at(k) : Json();
     if (a != b) out.push_back(str_cat(k, ": checkpoint ", a.dump(), ", now ", b.dump()));
   }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/json.h"
+#include "trainer/launcher.h"
 
 namespace mgm::trainer {
 
@@ -61,10 +62,23 @@ struct TrainArgs {
   std::string progress = "auto";  // auto | bar | plain | none
   int64_t num_threads = 0;        // CPU intra-op threads (0: libtorch's default)
 
+  // Data parallelism (HF's ddp_* names). `launch` is where this process sits in the job, read
+  // from the launcher's environment at parse time; --nproc_per_node N makes this process the
+  // local launcher of N workers instead.
+  int64_t nproc_per_node = 0, master_port = 0;
+  std::string ddp_backend = "auto";  // auto | nccl | gloo
+  int64_t ddp_timeout = 600;         // seconds
+  double ddp_bucket_cap_mb = 25.0;
+  int64_t zero_stage = 0;
+  LaunchEnv launch;
+
   // The values as JSON (every key above, flag names), written to output_dir/args.json and into
   // checkpoints so a resume can refuse a run that changed what the checkpoint depends on.
   Json to_json() const;
-  int64_t world_size() const { return 1; }
+  // Processes of the job: the launcher's WORLD_SIZE, or --nproc_per_node for the launcher itself.
+  int64_t world_size() const {
+    return launch.distributed() || nproc_per_node <= 0 ? launch.world_size : nproc_per_node;
+  }
   // Keys set on the command line or in --config (not defaults): a model config's own values
   // apply where a flag was left at its default, and a conflicting explicit value is an error.
   std::vector<std::string> explicit_keys;

@@ -6,6 +6,7 @@
 #include <ATen/core/Generator.h>
 #include <sys/resource.h>
 #include <torch/nn/module.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +27,8 @@
 #include "models/mgm.h"
 #include "models/module_utils.h"
 #include "trainer/checkpoint.h"
+#include "trainer/ddp.h"
+#include "trainer/distributed.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
@@ -247,9 +250,15 @@ std::string join_ids(const std::vector<std::string>& ids, size_t limit = 16) {
 
 }  // namespace
 
-TrainResult run_training(const TrainArgs& args_in) {
+TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   TrainArgs a = args_in;
   const at::Device device = parse_device(a.device);
+  std::unique_ptr<Communicator> own_comm;
+  if (comm_in == nullptr) own_comm = make_communicator(LaunchEnv{}, DistOptions{"auto", 600, a.device});
+  Communicator& comm = comm_in != nullptr ? *comm_in : *own_comm;
+  MGM_CHECK(comm.world_size() == a.world_size(), "the job has ", comm.world_size(), " processes, the arguments ",
+            a.world_size());
+  const bool main_rank = comm.is_main();  // writes logs, metrics, checkpoints and outputs
   if (a.num_threads > 0) at::set_num_threads(static_cast<int>(a.num_threads));
   if (a.tf32) {
     at::globalContext().setFloat32MatmulPrecision("high");
@@ -261,12 +270,17 @@ TrainResult run_training(const TrainArgs& args_in) {
 
   // --- Output folder and what to resume from ------------------------------------------------
   make_dirs(a.output_dir);
-  remove_incomplete_checkpoints(a.output_dir);
+  if (main_rank) remove_incomplete_checkpoints(a.output_dir);
   std::string resume_dir = a.resume_from_checkpoint;
-  if (resume_dir.empty() && !a.overwrite_output_dir) {
+  if (resume_dir.empty() && !a.overwrite_output_dir && main_rank) {
     const auto cps = list_checkpoints(a.output_dir);
     if (!cps.empty()) resume_dir = cps.back().path;
   }
+  // Rank 0 picks the resume point; every rank resumes from it (output_dir is shared).
+  resume_dir = comm.broadcast_string(resume_dir);
+  if (!main_rank && !resume_dir.empty() && !path_exists(path_join(resume_dir, kTrainerStateFile)))
+    throw UsageError(str_cat("rank 0 resumes from ", resume_dir, ", which rank ", comm.rank(),
+                             " cannot see: --output_dir must be on a filesystem every node shares"));
   if (!resume_dir.empty() && !path_exists(path_join(resume_dir, kTrainerStateFile)))
     throw UsageError(str_cat("--resume_from_checkpoint ", resume_dir, ": not a complete checkpoint (no ",
                              kTrainerStateFile, ")"));
@@ -317,7 +331,11 @@ TrainResult run_training(const TrainArgs& args_in) {
   oc.beta2 = a.adam_beta2;
   oc.eps = a.adam_epsilon;
   oc.weight_decay = a.weight_decay;
-  AdamW optimizer(params, oc);
+  DataParallel optimizer(comm, params, oc, DdpOptions{a.ddp_bucket_cap_mb, static_cast<int>(a.zero_stage)});
+  // Per-rank files of a checkpoint (rank 0 keeps the single-process names).
+  const std::string rank_suffix = main_rank ? "" : str_cat("-rank", comm.rank());
+  const std::string optimizer_file =
+      optimizer.sharded() ? str_cat("optimizer-zero1-rank", comm.rank(), ".safetensors") : "optimizer.safetensors";
 
   // --- Data ------------------------------------------------------------------------------------
   data::DatasetConfig dc;
@@ -334,7 +352,7 @@ TrainResult run_training(const TrainArgs& args_in) {
   sc.seed = a.seed;
   sc.batch_size = a.per_device_train_batch_size;
   sc.num_processes = a.world_size();
-  sc.rank = 0;
+  sc.rank = comm.rank();
   sc.grad_accum = a.gradient_accumulation_steps;
   data::Sampler sampler = a.group_by_modality_length ? data::Sampler(sc, dataset.modality_lengths())
                                                      : data::Sampler(sc, static_cast<int64_t>(dataset.size()));
@@ -384,13 +402,22 @@ TrainResult run_training(const TrainArgs& args_in) {
         p.param.copy_(t);
       }
     }
-    optimizer.load_state_tensors(models::io::load_all(path_join(resume_dir, "optimizer.safetensors")));
+    optimizer.load_state_tensors(models::io::load_all(path_join(resume_dir, optimizer_file)),
+                                 path_join(resume_dir, optimizer_file));
     if (st.contains("loss_scaler")) scaler = DynamicLossScaler::from_json(st["loss_scaler"]);
-    set_rng_state(models::io::TensorStore::open(path_join(resume_dir, "rng_state.safetensors")), device);
+    set_rng_state(models::io::TensorStore::open(path_join(resume_dir, "rng_state" + rank_suffix + ".safetensors")),
+                  device);
     result.resumed_from_step = global_step;
     log::info("resuming from ", resume_dir, " (step ", global_step, " of ", total_steps, ")");
   }
-  write_json_file(path_join(a.output_dir, "args.json"), args_json);
+  if (main_rank) write_json_file(path_join(a.output_dir, "args.json"), args_json);
+  // Every replica starts from rank 0's weights and buffers.
+  if (comm.world_size() > 1) {
+    std::vector<at::Tensor> state;
+    for (const auto& p : model->parameters()) state.push_back(p);
+    for (const auto& b : model->buffers()) state.push_back(b);
+    broadcast_tensors(comm, state);
+  }
 
   // --- Plan the micro-batches from here to the end -----------------------------------------------
   // One continuous micro-batch stream across epochs (as HF counts accumulation globally).
@@ -428,11 +455,14 @@ TrainResult run_training(const TrainArgs& args_in) {
             sched.warmup_steps, " warmup, ", a.lr_scheduler_type, " schedule)");
 
   // --- The loop ------------------------------------------------------------------------------
-  MetricsLog metrics(path_join(a.output_dir, "metrics.jsonl"), global_step);
-  const ProgressMode pmode = parse_progress_mode(a.progress);
+  std::optional<MetricsLog> metrics;
+  if (main_rank) metrics.emplace(path_join(a.output_dir, "metrics.jsonl"), global_step);
+  const ProgressMode pmode = main_rank ? parse_progress_mode(a.progress) : ProgressMode::kNone;
   Progress progress(pmode, total_steps, global_step);
-  const std::string skipped_log = path_join(a.output_dir, "skipped_samples.jsonl");
-  MetricsLog skipped_list(skipped_log, global_step);
+  const std::string skipped_log = path_join(a.output_dir, "skipped_samples" + rank_suffix + ".jsonl");
+  // The other ranks list their skipped samples in a file of their own, made on the first one.
+  std::optional<MetricsLog> skipped_list;
+  if (main_rank || path_exists(skipped_log)) skipped_list.emplace(skipped_log, global_step);
   const int64_t image_tokens = cfg.image_tokens();
   const bool check_each_step = device.is_cpu();  // free on CPU; a sync on CUDA
   at::Tensor window_loss = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
@@ -446,7 +476,8 @@ TrainResult run_training(const TrainArgs& args_in) {
   auto check_finite = [&](const at::Tensor& loss_acc) {
     // One host read covering every step since the last check.
     const at::Tensor ok = at::isfinite(loss_acc).logical_and(at::isfinite(grad_norm));
-    if (ok.item<bool>()) {
+    const bool ok_here = ok.item<bool>();
+    if (comm.all_true(ok_here)) {  // every rank stops together
       unchecked.clear();
       return;
     }
@@ -454,7 +485,8 @@ TrainResult run_training(const TrainArgs& args_in) {
                                                 : unchecked.back();
     throw TrainingStopped(str_cat(
         "non-finite loss or gradient norm (loss ", py_float(loss_acc.item<double>()), ", grad_norm ",
-        py_float(grad_norm.item<double>()), ") at step ", step + 1,
+        py_float(grad_norm.item<double>()), comm.world_size() == 1 ? "" : ok_here ? ", on another rank" : "",
+        ") at step ", step + 1,
         unchecked.size() > 1 ? str_cat(" or one of the ", unchecked.size(), " steps before it") : "",
         "; samples of the batch: ", join_ids(ids), "; last good checkpoint: ",
         last_checkpoint.empty() ? std::string("none") : last_checkpoint,
@@ -466,6 +498,7 @@ TrainResult run_training(const TrainArgs& args_in) {
     int64_t step_samples = 0, step_tokens = 0;
     std::vector<std::string> step_ids;
     at::Tensor step_loss = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
+    comm.set_step(global_step + 1);
     for (int64_t k = 0; k < accum; ++k) {
       std::optional<data::LoadedBatch> lb = loader.next();
       MGM_CHECK(lb.has_value(), "the data loader ended before step ", global_step + 1, " (internal error)");
@@ -473,7 +506,8 @@ TrainResult run_training(const TrainArgs& args_in) {
         ++skipped_total;
         Json j{{"index", s.index}, {"id", s.id}, {"reason", s.reason}, {"epoch", s.epoch},
                {"position", s.position}, {"step", global_step + 1}};
-        skipped_list.append(j);
+        if (!skipped_list) skipped_list.emplace(skipped_log, global_step);
+        skipped_list->append(j);
         log::warn("skipped sample ", s.id, " (index ", s.index, "): ", s.reason);
       }
       if (skipped_total > a.max_bad_samples)
@@ -495,19 +529,16 @@ TrainResult run_training(const TrainArgs& args_in) {
       }
       at::Tensor scaled = loss / static_cast<double>(accum);
       if (a.fp16) scaled = scaled * scaler.scale();
+      optimizer.before_backward(scaled, k == accum - 1);  // earlier micro-steps do not communicate
       scaled.backward();
       step_loss += loss.detach();
       window_loss += loss.detach().to(at::kDouble);
       ++window_micro;
     }
+    optimizer.finish_gradients();  // averaged across ranks from here on
     bool overflow = false;
-    if (a.fp16) {
-      std::vector<at::Tensor> grads;
-      for (auto& t : trainable)
-        if (t.grad().defined()) grads.push_back(t.grad());
-      overflow = scaler.unscale_and_check(grads);
-    }
-    grad_norm = clip_grad_norm(trainable, overflow ? 0.0 : a.max_grad_norm);
+    if (a.fp16) overflow = optimizer.unscale_and_check(scaler);
+    grad_norm = optimizer.clip_grad_norm(overflow ? 0.0 : a.max_grad_norm);
     unchecked.emplace_back(global_step, step_ids);
     if (check_each_step && !overflow) check_finite(step_loss);
     if (!overflow) optimizer.step(lr);
@@ -518,12 +549,19 @@ TrainResult run_training(const TrainArgs& args_in) {
     optimizer.zero_grad();
     ++global_step;
     ++window_steps;
-    progress.step(global_step, step_samples, step_tokens);
+    // Rank 0's counts x world size (exact for samples unless some were skipped).
+    progress.step(global_step, step_samples * comm.world_size(), step_tokens * comm.world_size());
 
     const bool log_now = global_step % a.logging_steps == 0 || global_step == total_steps;
     const bool save_now = a.save_strategy == "steps" && global_step % a.save_steps == 0 && global_step < total_steps;
     if ((log_now || save_now) && !check_each_step && !a.fp16) check_finite(window_loss);
-    if (log_now) {
+    if (log_now && comm.world_size() > 1) {  // the logged loss is the mean over every rank, as HF's
+      at::Tensor both = at::stack({window_loss, at::full({}, static_cast<double>(window_micro), window_loss.options())});
+      comm.all_reduce_blocking(both, ReduceOp::kSum);
+      window_loss.copy_(both[0]);
+      window_micro = static_cast<int64_t>(both[1].item<double>());
+    }
+    if (log_now && main_rank) {
       const double loss_v = window_micro > 0 ? window_loss.item<double>() / static_cast<double>(window_micro) : 0.0;
       const double norm_v = grad_norm.item<double>();
       const double epoch = static_cast<double>(global_step * accum) / static_cast<double>(bpe);
@@ -537,37 +575,59 @@ TrainResult run_training(const TrainArgs& args_in) {
         m["skipped_steps"] = scaler.skipped_steps();
       }
       if (skipped_total > 0) m["skipped_samples"] = skipped_total;
-      metrics.append(m);
+      metrics->append(m);
       loss_sum_logged += loss_v;
       ++loss_logged_n;
+    }
+    if (log_now) {
       window_loss.zero_();
       window_micro = 0;
       window_steps = 0;
     }
     if (save_now) {
-      CheckpointWriter w(a.output_dir, global_step);
-      models::io::NamedTensors tw;
-      for (const auto& p : params) tw.emplace_back(p.name, p.param.detach().to(at::kCPU).contiguous());
-      models::io::save_safetensors(w.file("trainable.safetensors"), tw);
-      models::io::NamedTensors os;
-      for (auto& [n, t] : optimizer.state_tensors()) os.emplace_back(n, t.detach().to(at::kCPU).contiguous());
-      models::io::save_safetensors(w.file("optimizer.safetensors"), os);
-      models::io::save_safetensors(w.file("rng_state.safetensors"), rng_state(device));
-      if (a.stage == Stage::kPretrain) models::save_mm_projector_bin(model, w.file("mm_projector.bin"));
+      // Rank 0 writes the checkpoint; the other ranks add their own files (RNG state, ZeRO-1
+      // optimizer shard) to its temporary folder before it commits.
+      std::optional<CheckpointWriter> w;
+      if (main_rank) w.emplace(a.output_dir, global_step);
+      const std::string tmp_dir = comm.broadcast_string(main_rank ? parent_dir(w->file(kTrainerStateFile)) : "");
+      if (main_rank) {
+        models::io::NamedTensors tw;
+        for (const auto& p : params) tw.emplace_back(p.name, p.param.detach().to(at::kCPU).contiguous());
+        models::io::save_safetensors(w->file("trainable.safetensors"), tw);
+        if (a.stage == Stage::kPretrain) models::save_mm_projector_bin(model, w->file("mm_projector.bin"));
+      }
+      if (main_rank || optimizer.sharded()) {
+        models::io::NamedTensors os;
+        for (auto& [n, t] : optimizer.state_tensors()) os.emplace_back(n, t.detach().to(at::kCPU).contiguous());
+        models::io::save_safetensors(path_join(tmp_dir, optimizer_file), os);
+      }
+      models::io::save_safetensors(path_join(tmp_dir, "rng_state" + rank_suffix + ".safetensors"), rng_state(device));
+      comm.barrier();  // every rank's files are complete before the commit
       Json st{{"global_step", global_step}, {"total_steps", total_steps},
               {"epoch", static_cast<double>(global_step * accum) / static_cast<double>(bpe)},
               {"micro_batches", global_step * accum}, {"accumulation", accum},
               {"batches_per_epoch", bpe}, {"skipped_samples", skipped_total},
               {"sampler", data::SamplerState{a.seed, global_step * accum / bpe, global_step * accum % bpe}.to_json()},
               {"loss_scaler", scaler.to_json()}, {"args", args_json}};
-      last_checkpoint = w.commit(st);
-      for (const auto& r : rotate_checkpoints(a.output_dir, a.save_total_limit))
-        log::info("removed old checkpoint ", r, " (--save_total_limit ", a.save_total_limit, ")");
-      progress.print(str_cat("saved ", last_checkpoint));
+      if (main_rank) {
+        last_checkpoint = w->commit(st);
+        for (const auto& r : rotate_checkpoints(a.output_dir, a.save_total_limit))
+          log::info("removed old checkpoint ", r, " (--save_total_limit ", a.save_total_limit, ")");
+        progress.print(str_cat("saved ", last_checkpoint));
+      } else {
+        last_checkpoint = path_join(a.output_dir, str_cat("checkpoint-", global_step));
+      }
+      comm.barrier();  // no rank runs ahead of a checkpoint that is not committed yet
     }
   }
   progress.finish();
   if (!check_each_step && !a.fp16 && !unchecked.empty()) check_finite(window_loss);
+  result.global_step = global_step;
+  result.total_steps = total_steps;
+  if (!main_rank) {
+    comm.barrier();  // rank 0 writes the outputs: the job is done when they exist
+    return result;
+  }
 
   // --- Outputs -------------------------------------------------------------------------------
   Json cfg_json = model->config().to_json();
@@ -612,9 +672,9 @@ TrainResult run_training(const TrainArgs& args_in) {
                      {"skipped_samples", skipped_total},
                      {"fp16_skipped_steps", scaler.skipped_steps()}};
   write_json_file(path_join(a.output_dir, "train_results.json"), summary);
-  if (metrics.losses().size() >= 2) {
+  if (metrics->losses().size() >= 2) {
     std::vector<double> xs, ys;
-    for (const auto& [x, y] : metrics.losses()) {
+    for (const auto& [x, y] : metrics->losses()) {
       xs.push_back(x);
       ys.push_back(y);
     }
@@ -625,8 +685,21 @@ TrainResult run_training(const TrainArgs& args_in) {
       log::warn("no loss plot: ", e.what());
     }
   }
+  comm.barrier();
   return result;
 }
+
+namespace {
+
+std::string self_executable() {
+  std::string buf(4096, '\0');
+  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  MGM_CHECK(n > 0, "--nproc_per_node: cannot find this program's path (/proc/self/exe)");
+  buf.resize(static_cast<size_t>(n));
+  return buf;
+}
+
+}  // namespace
 
 int train_main(const std::vector<std::string>& argv) {
   TrainArgs a;
@@ -635,7 +708,32 @@ int train_main(const std::vector<std::string>& argv) {
     std::fputs(help.c_str(), stdout);
     return 0;
   }
-  const TrainResult r = run_training(a);
+  if (a.nproc_per_node > 0 && !is_launched_worker()) {
+    LocalLaunchOptions lo;
+    lo.nproc = static_cast<int>(a.nproc_per_node);
+    lo.master_port = static_cast<int>(a.master_port);
+    lo.timeout_s = static_cast<int>(a.ddp_timeout);
+    return run_local_launcher(self_executable(), argv, lo);
+  }
+  a.device = device_for_rank(a.device, a.launch);
+  std::unique_ptr<Communicator> comm =
+      make_communicator(a.launch, DistOptions{a.ddp_backend, static_cast<int>(a.ddp_timeout), a.device});
+  if (comm->rank() > 0 && std::getenv("MGM_LOG_LEVEL") == nullptr) log::set_level(log::Level::kWarn);
+  TrainResult r;
+  try {
+    r = run_training(a, comm.get());
+  } catch (const std::exception& e) {
+    if (comm->backend() == "none") throw;  // one process: main() reports it as always
+    // A rank of a job: tell the others before leaving, and leave without running destructors
+    // that could wait on peers that are gone.
+    const bool usage = dynamic_cast<const UsageError*>(&e) != nullptr;
+    std::string msg = e.what();  // as run_main prints it: c10 backtraces cut unless asked for
+    if (!usage && std::getenv("MGM_FULL_ERRORS") == nullptr) msg = msg.substr(0, msg.find('\n'));
+    const int code = usage ? 2 : 1;
+    exit_after_failure(*comm, comm->report_failure(msg), code);
+  }
+  comm->finish();
+  if (!comm->is_main()) return 0;
   std::printf(
       "{'train_runtime': %s, 'train_samples_per_second': %s, 'train_steps_per_second': %s, "
       "'train_loss': %s, 'epoch': %s}\n",

@@ -32,9 +32,14 @@ class TrainingStopped : public Error {
   using Error::Error;
 };
 
-TrainResult run_training(const TrainArgs& args);
+class Communicator;
 
-// train_mgm's main body: parses args, runs, prints the summary. Returns the exit code.
+// `comm`: the data-parallel job this process belongs to (nullptr: a single process). Rank 0
+// alone writes logs, metrics, checkpoints and outputs; every rank reads its shard of each batch.
+TrainResult run_training(const TrainArgs& args, Communicator* comm = nullptr);
+
+// train_mgm's main body: parses args, starts the --nproc_per_node workers or joins the launcher's
+// job, runs, prints the summary. Returns the exit code.
 int train_main(const std::vector<std::string>& args);
 
 }  // namespace mgm::trainer
