@@ -20,9 +20,14 @@ EVAL=${EVAL:-$root/input/eval}                     # TextVQA + MMBench files
 OUT=${OUT:-$root/output/mgm_2b}
 DEVICE=${DEVICE:-cuda}
 MAX_SAMPLES=200000
-GA_PRETRAIN=${GA_PRETRAIN:-32}                     # 1 GPU x 8 x 32 = 256 (the recipe's global batch)
-GA_FINETUNE=${GA_FINETUNE:-16}                     # 1 GPU x 8 x 16 = 128
+NPROC=${NPROC:-1}                                  # GPUs of this machine (train_mgm --nproc_per_node)
+GA_PRETRAIN=${GA_PRETRAIN:-$((32 / NPROC))}        # NPROC GPUs x 8 x GA = 256 (the recipe's global batch)
+GA_FINETUNE=${GA_FINETUNE:-$((16 / NPROC))}        # NPROC GPUs x 8 x GA = 128
 # ---------------------------------------------------------------------------------------------
+# Several GPUs: one process each, started and supervised by train_mgm (see README, Distributed
+# training; scripts/train_mgm_2b_torchrun.sh and train_mgm_2b_slurm.sbatch for several nodes).
+parallel=()
+if (( NPROC > 1 )); then parallel=(--nproc_per_node "$NPROC"); fi
 
 bash "$here/build.sh" >/dev/null
 mgm="$root/$MGM_BUILD_DIR/eval/mgm"
@@ -39,13 +44,15 @@ mkdir -p "$OUT"
 "$train" --stage pretrain --config "$root/configs/runs/mgm_2b_pretrain.json" \
   --model_name_or_path "$GEMMA" --vision_tower "$CLIP" --vision_tower_aux "$CONVNEXT" \
   --data_path "$OUT/pretrain.json" --image_folder "$IMAGES" --output_dir "$OUT/pretrain" \
-  --per_device_train_batch_size 8 --gradient_accumulation_steps "$GA_PRETRAIN" --device "$DEVICE"
+  --per_device_train_batch_size 8 --gradient_accumulation_steps "$GA_PRETRAIN" --device "$DEVICE" \
+  --expected_global_batch_size 256 "${parallel[@]}"
 
 "$train" --stage finetune --config "$root/configs/runs/mgm_2b_finetune.json" \
   --model_name_or_path "$GEMMA" --vision_tower "$CLIP" --vision_tower_aux "$CONVNEXT" \
   --pretrain_mm_mlp_adapter "$OUT/pretrain/mm_projector.bin" \
   --data_path "$FINETUNE_JSON" --image_folder "$IMAGES" --output_dir "$OUT/finetune" \
-  --per_device_train_batch_size 8 --gradient_accumulation_steps "$GA_FINETUNE" --device "$DEVICE"
+  --per_device_train_batch_size 8 --gradient_accumulation_steps "$GA_FINETUNE" --device "$DEVICE" \
+  --expected_global_batch_size 128 "${parallel[@]}"
 
 "$mgm" eval textvqa --model-path "$OUT/finetune" --question-file "$EVAL/textvqa/llava_textvqa_val_v051_ocr.jsonl" \
   --image-folder "$EVAL/textvqa/train_images" --answers-file "$OUT/eval/textvqa_answers.jsonl" \

@@ -14,12 +14,15 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "common/files.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/strings.h"
 #include "trainer/distributed_backends.h"
@@ -235,7 +238,8 @@ class C10dCommunicator final : public Communicator {
       ctl_->add(kFinishedCount, 1);
       if (!env_.agent_store && rank() == 0) {
         // The others may still be talking to the store this process serves.
-        const auto until = Clock::now() + timeout_;
+        // They leave right after the final barrier: seconds at most, unless one died there.
+        const auto until = Clock::now() + std::min<milliseconds>(seconds(30), timeout_);
         while (Clock::now() < until && ctl_->add(kFinishedCount, 0) < world_size())
           std::this_thread::sleep_for(milliseconds(50));
       }
@@ -496,9 +500,9 @@ std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, const Dist
   return std::make_unique<C10dCommunicator>(env, o, dev, backend);
 }
 
-std::string device_for_rank(const std::string& device, const LaunchEnv& env) {
+std::string device_for_rank(const std::string& device, const LaunchEnv& env, int visible_gpus) {
   if (!env.distributed()) return device;
-  if (device == "cuda") return str_cat("cuda:", env.local_rank);
+  if (device == "cuda") return visible_gpus == 1 ? std::string("cuda:0") : str_cat("cuda:", env.local_rank);
   if (starts_with(device, "cuda:") && env.world_size > 1)
     throw UsageError(str_cat("--device ", device,
                              ": in a data-parallel job every process uses "
@@ -520,6 +524,17 @@ void exit_after_failure(Communicator& comm, const std::string& message, int code
                               : str_cat("[rank ", comm.rank(), "/", comm.world_size(), "] ");
   std::fprintf(stderr, "error: %s%s\n", who.c_str(), message.c_str());
   std::fflush(stderr);
+  // torchrun names the first failed worker and prints what this file holds.
+  if (const char* error_file = std::getenv("TORCHELASTIC_ERROR_FILE")) {
+    try {
+      const Json j{{"message",
+                    {{"message", message},
+                     {"extraInfo", {{"py_callstack", message},
+                                    {"timestamp", std::to_string(static_cast<int64_t>(std::time(nullptr)))}}}}}};
+      write_file_atomic(error_file, j.dump());
+    } catch (const std::exception&) {
+    }
+  }
   comm.linger_for_peers();
   std::_Exit(code);
 }

@@ -92,8 +92,9 @@ struct DistOptions {
 std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, const DistOptions& opts);
 
 // The device a rank trains on: "cuda" becomes cuda:LOCAL_RANK in a distributed job (one GPU per
-// process); an explicit cuda:N there is refused. Throws UsageError.
-std::string device_for_rank(const std::string& device, const LaunchEnv& env);
+// process), or cuda:0 when the process sees a single GPU (srun --gpus-per-task=1 gives each task
+// its own); an explicit cuda:N there is refused. visible_gpus < 0: unknown. Throws UsageError.
+std::string device_for_rank(const std::string& device, const LaunchEnv& env, int visible_gpus = -1);
 
 // Writes the error line and ends the process at once (exit code `code`), without running
 // destructors that could wait on peers that are gone. For a rank that serves the rendezvous

@@ -715,7 +715,8 @@ int train_main(const std::vector<std::string>& argv) {
     lo.timeout_s = static_cast<int>(a.ddp_timeout);
     return run_local_launcher(self_executable(), argv, lo);
   }
-  a.device = device_for_rank(a.device, a.launch);
+  a.device = device_for_rank(a.device, a.launch,
+                             starts_with(a.device, "cuda") ? static_cast<int>(at::getNumGPUs()) : -1);
   std::unique_ptr<Communicator> comm =
       make_communicator(a.launch, DistOptions{a.ddp_backend, static_cast<int>(a.ddp_timeout), a.device});
   if (comm->rank() > 0 && std::getenv("MGM_LOG_LEVEL") == nullptr) log::set_level(log::Level::kWarn);

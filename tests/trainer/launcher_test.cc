@@ -211,6 +211,8 @@ TEST(Launcher, DevicePerRank) {
   e.world_size = 4;
   e.local_rank = 1;
   EXPECT_EQ(device_for_rank("cuda", e), "cuda:1");
+  EXPECT_EQ(device_for_rank("cuda", e, 4), "cuda:1");
+  EXPECT_EQ(device_for_rank("cuda", e, 1), "cuda:0");  // srun --gpus-per-task=1: its own GPU
   EXPECT_EQ(device_for_rank("cpu", e), "cpu");
   EXPECT_THROW(device_for_rank("cuda:0", e), UsageError);  // one GPU per process: LOCAL_RANK's
 }
