@@ -51,6 +51,8 @@ DataParallel::DataParallel(Communicator& comm, std::vector<NamedParameter> param
   build_buckets(opts.bucket_cap_mb);
   ready_.assign(params_.size(), false);
   used_.assign(params_.size(), false);
+  got_grad_.assign(params_.size(), false);
+  attach_grad_views();
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i].param;
     MGM_CHECK(p.requires_grad(), "data parallel: '", params_[i].name, "' does not require grad");
@@ -161,9 +163,25 @@ void DataParallel::before_backward(const at::Tensor& loss, bool last) {
     if (!reached[i] && !ready_[i]) mark_ready(i);
 }
 
+at::Tensor DataParallel::slot(size_t i) const {
+  const Bucket& b = buckets_[bucket_of_[i]];
+  const at::Tensor& p = params_[i].param;
+  return b.flat.narrow(0, b.offsets[pos_in_bucket_[i]], p.numel()).view(p.sizes());
+}
+
+void DataParallel::attach_grad_views() {
+  // The gradients live in the buckets (DDP's gradient_as_bucket_view): backward accumulates
+  // into them in place, so a bucket is ready to go without a copy, and no second copy of the
+  // gradients is held.
+  for (auto& b : buckets_) b.flat.zero_();
+  for (size_t i = 0; i < params_.size(); ++i) params_[i].param.mutable_grad() = slot(i);
+}
+
 void DataParallel::on_grad_ready(size_t i) {
-  if (!reduce_ || !sync_) return;
+  if (!reduce_) return;
   std::lock_guard<std::mutex> lock(mu_);
+  got_grad_[i] = true;
+  if (!sync_) return;
   MGM_CHECK(!ready_[i], "data parallel: '", params_[i].name,
             "' received its gradient twice in one backward pass");
   mark_ready(i);
@@ -171,16 +189,19 @@ void DataParallel::on_grad_ready(size_t i) {
 
 void DataParallel::mark_ready(size_t i) {
   ready_[i] = true;
+  // Normally .grad is the bucket slot already (all zeros when this rank's batches did not reach
+  // the parameter); a gradient that is not (replaced by someone) is copied in.
+  const at::Tensor& g = params_[i].param.grad();
+  if (!g.defined() || g.data_ptr() != slot(i).data_ptr()) {
+    at::NoGradGuard no_grad;
+    at::Tensor s = slot(i);
+    if (g.defined())
+      s.copy_(g);
+    else
+      s.zero_();
+    params_[i].param.mutable_grad() = s;
+  }
   Bucket& b = buckets_[bucket_of_[i]];
-  const at::Tensor& p = params_[i].param;
-  at::NoGradGuard no_grad;
-  at::Tensor slot = b.flat.narrow(0, b.offsets[pos_in_bucket_[i]], p.numel()).view(p.sizes());
-  // A gradient accumulated over this step's micro-batches, or none: this rank's batches did not
-  // reach the parameter (a text-only batch and the projector, say).
-  if (p.grad().defined())
-    slot.copy_(p.grad());
-  else
-    slot.zero_();
   if (--b.pending == 0) launch_ready_buckets();
 }
 
@@ -217,8 +238,8 @@ void DataParallel::finish_gradients() {
     // when this rank lacks one (so the common step has no host sync for it).
     std::vector<float> local(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
-      local[i] = params_[i].param.grad().defined() ? 1.0f : 0.0f;
-      all_local = all_local && local[i] > 0;
+      local[i] = got_grad_[i] ? 1.0f : 0.0f;
+      all_local = all_local && got_grad_[i];
     }
     flags = at::tensor(local, at::kFloat).to(comm_.device());
     flags_work = comm_.all_reduce(flags, ReduceOp::kSum);
@@ -233,14 +254,10 @@ void DataParallel::finish_gradients() {
     for (size_t i = 0; i < params_.size(); ++i) used_[i] = f[i] > 0;
   }
   if (zero_stage_ == 0) {
-    // The averaged gradients become the parameters' .grad (views into the buckets).
-    for (auto& b : buckets_)
-      for (size_t j = 0; j < b.params.size(); ++j) {
-        at::Tensor& p = params_[b.params[j]].param;
-        p.mutable_grad() = used_[b.params[j]]
-                               ? b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes())
-                               : at::Tensor();
-      }
+    // The .grad views now hold the averages; a parameter no rank reached has none, as on one
+    // device (so AdamW leaves it alone).
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (!used_[i]) params_[i].param.mutable_grad() = at::Tensor();
   } else {
     size_t k = 0;
     for (auto& b : buckets_)
@@ -248,8 +265,7 @@ void DataParallel::finish_gradients() {
         segment_params_[k++].param.mutable_grad() =
             used_[s.param] ? b.shard.narrow(0, s.shard_offset, s.length) : at::Tensor();
       }
-    for (auto& p : params_)
-      p.param.mutable_grad() = at::Tensor();  // the full gradients are done with
+    for (auto& p : params_) p.param.mutable_grad() = at::Tensor();  // only the slices are used
   }
   for (auto& b : buckets_) {
     b.work.reset();
@@ -257,6 +273,7 @@ void DataParallel::finish_gradients() {
     b.pending = b.params.size();
   }
   std::fill(ready_.begin(), ready_.end(), false);
+  std::fill(got_grad_.begin(), got_grad_.end(), false);
   next_bucket_ = 0;
   sync_ = false;
 }
@@ -329,9 +346,8 @@ void DataParallel::step(double lr) {
 }
 
 void DataParallel::zero_grad() {
-  optimizer_->zero_grad();
-  if (zero_stage_ == 1)
-    for (auto& p : params_) p.param.mutable_grad() = at::Tensor();
+  optimizer_->zero_grad();  // the parameters' (or ZeRO-1 slices') gradients to none
+  if (reduce_) attach_grad_views();
 }
 
 at::Tensor DataParallel::layout() const {

@@ -78,7 +78,8 @@ class DataParallel {
     std::vector<size_t> params;    // indices into params_
     std::vector<int64_t> offsets;  // element offset of each in `flat`
     int64_t numel = 0, padded = 0;
-    at::Tensor flat;    // gradients (padded to a multiple of world for ZeRO-1)
+    at::Tensor flat;    // its parameters' .grad (padded to a multiple of world for ZeRO-1,
+                        // whose all-gather of the updated slices lands here too)
     at::Tensor shard;   // ZeRO-1: this rank's reduced slice
     at::Tensor master;  // ZeRO-1: this rank's fp32 master slice
     std::vector<Segment> segments;
@@ -89,7 +90,9 @@ class DataParallel {
   void build_buckets(double cap_mb);
   void launch_ready_buckets();  // in index order: every rank launches the same sequence
   void launch(Bucket& b);
-  void mark_ready(size_t i);  // fills the slot from .grad (or zeros) and completes the bucket
+  void mark_ready(size_t i);        // counts the parameter in, launching its bucket when full
+  at::Tensor slot(size_t i) const;  // parameter i's gradient inside its bucket
+  void attach_grad_views();
   at::Tensor layout() const;  // ZeRO-1: what a shard file must match
 
   Communicator& comm_;
@@ -102,6 +105,7 @@ class DataParallel {
   std::vector<bool> ready_;
   size_t next_bucket_ = 0;
   std::vector<bool> used_;            // some rank produced a gradient this step
+  std::vector<bool> got_grad_;        // this rank did (in any micro-step)
   std::unique_ptr<AdamW> optimizer_;  // over the parameters, or over ZeRO-1 segment views
   std::vector<NamedParameter> segment_params_;
   bool masters_ready_ = false;
