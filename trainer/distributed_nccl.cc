@@ -11,7 +11,7 @@
 #include "common/error.h"
 #include "common/strings.h"
 
-#if defined(MGM_HAVE_CUDA) && defined(USE_C10D_NCCL)
+#if defined(MGM_WITH_NCCL) && defined(MGM_HAVE_CUDA) && defined(USE_C10D_NCCL)
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/NCCLUtils.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -25,7 +25,7 @@ c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10
                                                     int rank, int world,
                                                     std::chrono::milliseconds timeout,
                                                     int device_index) {
-#if defined(MGM_HAVE_CUDA) && defined(USE_C10D_NCCL)
+#if defined(MGM_WITH_NCCL) && defined(MGM_HAVE_CUDA) && defined(USE_C10D_NCCL)
   const auto [major, minor, patch] = c10d::getNcclVersionTuple();
   (void)patch;
   if (major != NCCL_MAJOR || minor != NCCL_MINOR)
@@ -42,8 +42,8 @@ c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10
 #else
   (void)store, (void)rank, (void)world, (void)timeout, (void)device_index;
   throw UsageError(
-      "--ddp_backend nccl: this build of train_mgm has no CUDA/NCCL (use gloo, or build "
-      "with a CUDA torch and toolkit)");
+      "--ddp_backend nccl: this build of train_mgm has no NCCL backend (no CUDA, or nccl.h was not "
+      "found when it was configured): use gloo, or rebuild with a CUDA torch and toolkit");
 #endif
 }
 
