@@ -207,7 +207,7 @@ class C10dCommunicator final : public Communicator {
         ctl_->set(kFailedRank, to_bytes(std::to_string(rank())));
         return message;
       }
-      ctl_->add(kAcks, 1);
+      ack(ctl_);
       return str_cat("stopping: ", stored);
     } catch (const std::exception&) {
       return message;  // the store is gone too: nobody to tell
@@ -219,7 +219,7 @@ class C10dCommunicator final : public Communicator {
     // read why the job stops. Wait (briefly) until every live rank has seen the failure.
     if (env_.agent_store || rank() != 0 || world_size() == 1) return;
     try {
-      int64_t expected = world_size() - 1;
+      int64_t expected = world_size() - 1 + (acked_.load() ? 1 : 0);
       if (mon_->check({kFailedRank})) {
         const int failed = std::atoi(to_text(mon_->get(kFailedRank)).c_str());
         if (failed != rank()) --expected;  // the failed rank does not acknowledge
@@ -357,10 +357,15 @@ class C10dCommunicator final : public Communicator {
 
   std::string acknowledged(const std::string& failure) {
     try {
-      ctl_->add(kAcks, 1);
+      ack(ctl_);
     } catch (const std::exception&) {
     }
     return failure;
+  }
+
+  // This rank has seen another's failure (counted once; rank 0 waits for the count).
+  void ack(const c10::intrusive_ptr<c10d::Store>& s) {
+    if (!acked_.exchange(true)) s->add(kAcks, 1);
   }
 
   std::string lost_store(const std::string& context, const std::string& error) const {
@@ -388,7 +393,7 @@ class C10dCommunicator final : public Communicator {
         mon_->add(hb_key(rank()), 1);
         mon_->set(step_key(rank()), to_bytes(std::to_string(step_.load())));
         if (mon_->check({kFailed})) {
-          mon_->add(kAcks, 1);
+          ack(mon_);
           stop_from_monitor(str_cat("stopping: ", to_text(mon_->get(kFailed))));
         }
         if (world_size() > 1) {
@@ -399,7 +404,7 @@ class C10dCommunicator final : public Communicator {
           } else if (Clock::now() - last_change > dead_after_ &&
                      !mon_->check({finished_key(neighbour)})) {
             record_dead(mon_, neighbour, str_cat("no heartbeat for ", dead_after_.count(), " s"));
-            mon_->add(kAcks, 1);
+            ack(mon_);
             stop_from_monitor(str_cat("stopping: ", to_text(mon_->get(kFailed))));
           }
         }
@@ -435,6 +440,7 @@ class C10dCommunicator final : public Communicator {
   c10::intrusive_ptr<c10d::Backend> pg_;
   std::atomic<int64_t> step_{0};
   std::atomic<bool> failing_{false};
+  std::atomic<bool> acked_{false};
   std::thread monitor_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -502,7 +508,8 @@ std::unique_ptr<Communicator> make_communicator(const LaunchEnv& env, const Dist
 
 std::string device_for_rank(const std::string& device, const LaunchEnv& env, int visible_gpus) {
   if (!env.distributed()) return device;
-  if (device == "cuda") return visible_gpus == 1 ? std::string("cuda:0") : str_cat("cuda:", env.local_rank);
+  if (device == "cuda")
+    return visible_gpus == 1 ? std::string("cuda:0") : str_cat("cuda:", env.local_rank);
   if (starts_with(device, "cuda:") && env.world_size > 1)
     throw UsageError(str_cat("--device ", device,
                              ": in a data-parallel job every process uses "
@@ -529,8 +536,9 @@ void exit_after_failure(Communicator& comm, const std::string& message, int code
     try {
       const Json j{{"message",
                     {{"message", message},
-                     {"extraInfo", {{"py_callstack", message},
-                                    {"timestamp", std::to_string(static_cast<int64_t>(std::time(nullptr)))}}}}}};
+                     {"extraInfo",
+                      {{"py_callstack", message},
+                       {"timestamp", std::to_string(static_cast<int64_t>(std::time(nullptr)))}}}}}};
       write_file_atomic(error_file, j.dump());
     } catch (const std::exception&) {
     }

@@ -709,6 +709,9 @@ int train_main(const std::vector<std::string>& argv) {
     return 0;
   }
   if (a.nproc_per_node > 0 && !is_launched_worker()) {
+    if (starts_with(a.device, "cuda") && a.nproc_per_node > static_cast<int64_t>(at::getNumGPUs()))
+      throw UsageError(str_cat("--nproc_per_node ", a.nproc_per_node, " with --device ", a.device, ": ",
+                               at::getNumGPUs(), " GPU(s) visible (one process per GPU)"));
     LocalLaunchOptions lo;
     lo.nproc = static_cast<int>(a.nproc_per_node);
     lo.master_port = static_cast<int>(a.master_port);

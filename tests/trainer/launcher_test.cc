@@ -2,12 +2,16 @@
 // tasks per node included), their precedence, and the errors for incomplete or bad variables.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "trainer/distributed.h"
 #include "trainer/launcher.h"
+#include "trainer/run_args.h"
 
 namespace mgm::trainer {
 namespace {
@@ -215,6 +219,110 @@ TEST(Launcher, DevicePerRank) {
   EXPECT_EQ(device_for_rank("cuda", e, 1), "cuda:0");  // srun --gpus-per-task=1: its own GPU
   EXPECT_EQ(device_for_rank("cpu", e), "cpu");
   EXPECT_THROW(device_for_rank("cuda:0", e), UsageError);  // one GPU per process: LOCAL_RANK's
+}
+
+// Sets environment variables for one scope (and restores them).
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::map<std::string, std::string>& vars) {
+    for (const auto& [k, v] : vars) {
+      const char* old = std::getenv(k.c_str());
+      saved_.emplace_back(k, old ? std::make_optional<std::string>(old) : std::nullopt);
+      setenv(k.c_str(), v.c_str(), 1);
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : saved_) {
+      if (v)
+        setenv(k.c_str(), v->c_str(), 1);
+      else
+        unsetenv(k.c_str());
+    }
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+std::string parse_error(std::vector<std::string> extra) {
+  std::vector<std::string> args{
+      "--stage",      "finetune", "--model_config", "configs/models/tiny.json",
+      "--tokenizer",  "t.model",  "--data_path",    "d.json",
+      "--output_dir", "o"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  TrainArgs a;
+  std::string help;
+  try {
+    parse_train_args(args, &a, &help);
+  } catch (const UsageError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Launcher, TrainArgsTakeTheWorldFromTheLauncher) {
+  {
+    const ScopedEnv env({{"RANK", "1"},
+                         {"WORLD_SIZE", "4"},
+                         {"LOCAL_RANK", "1"},
+                         {"MASTER_ADDR", "h"},
+                         {"MASTER_PORT", "29500"}});
+    TrainArgs a;
+    std::string help;
+    ASSERT_TRUE(parse_train_args(
+        {"--stage", "finetune", "--model_config", "c.json", "--tokenizer", "t", "--data_path", "d",
+         "--output_dir", "o", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps",
+         "4", "--expected_global_batch_size", "128", "--local_rank", "1"},
+        &a, &help));
+    EXPECT_EQ(a.world_size(), 4);
+    EXPECT_EQ(a.launch.rank, 1);
+    EXPECT_EQ(a.to_json().at("world_size"), 4);
+    EXPECT_NE(
+        parse_error({"--per_device_train_batch_size", "8", "--expected_global_batch_size", "8"})
+            .find("8 (per device) x 1 (accumulation) x 4 (processes) = 32"),
+        std::string::npos);
+    EXPECT_NE(parse_error({"--local_rank", "0"}).find("--local_rank 0 contradicts"),
+              std::string::npos);
+    // Workers of a launcher must not launch workers themselves.
+    EXPECT_NE(parse_error({"--nproc_per_node", "2"}).find("already started by torchrun"),
+              std::string::npos);
+  }
+  {
+    // The local launcher itself: its world is --nproc_per_node.
+    TrainArgs a;
+    std::string help;
+    ASSERT_TRUE(
+        parse_train_args({"--stage", "finetune", "--model_config", "c.json", "--tokenizer", "t",
+                          "--data_path", "d", "--output_dir", "o", "--nproc_per_node", "3"},
+                         &a, &help));
+    EXPECT_EQ(a.world_size(), 3);
+    EXPECT_FALSE(a.launch.distributed());
+  }
+  EXPECT_NE(parse_error({"--zero_stage", "2"}).find("--zero_stage: expected 0 or 1"),
+            std::string::npos);
+  EXPECT_NE(
+      parse_error({"--ddp_backend", "mpi"}).find("--ddp_backend: expected auto, nccl or gloo"),
+      std::string::npos);
+  EXPECT_NE(parse_error({"--ddp_timeout", "0"}).find("--ddp_timeout must be positive"),
+            std::string::npos);
+  EXPECT_NE(parse_error({"--ddp_bucket_cap_mb", "0"}).find("--ddp_bucket_cap_mb must be positive"),
+            std::string::npos);
+  // A bad launcher variable fails at parse time, naming it.
+  const ScopedEnv bad({{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "2"}});
+  EXPECT_NE(parse_error({}).find("SLURM_PROCID='x'"), std::string::npos);
+}
+
+// Resume refuses another world size or zero stage; older checkpoints (no zero_stage) mean 0.
+TEST(Launcher, ResumeRefusesAnotherWorldOrZeroStage) {
+  Json saved{{"world_size", 2}, {"zero_stage", 1}};
+  Json now{{"world_size", 1}, {"zero_stage", 0}};
+  const auto bad = resume_incompatibilities(saved, now);
+  ASSERT_EQ(bad.size(), 2u);
+  EXPECT_EQ(bad[0], "world_size: checkpoint 2, now 1");
+  EXPECT_EQ(bad[1], "zero_stage: checkpoint 1, now 0");
+  EXPECT_TRUE(
+      resume_incompatibilities(Json{{"world_size", 1}}, Json{{"world_size", 1}, {"zero_stage", 0}})
+          .empty());
 }
 
 }  // namespace
