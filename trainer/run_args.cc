@@ -259,7 +259,8 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   if (p.str("evaluation_strategy") != "no")
     throw UsageError("--evaluation_strategy: only 'no' (run `mgm eval ...` on the output)");
   if (!p.str("deepspeed").empty())
-    log::info("--deepspeed ", p.str("deepspeed"), " is ignored: train_mgm does its own mixed precision");
+    log::info("--deepspeed ", p.str("deepspeed"), " is ignored: train_mgm does its own mixed precision "
+              "and data parallelism (--zero_stage 1 shards the optimizer states)");
 
   auto positive = [](const char* flag, int64_t v) {
     if (v <= 0) throw UsageError(str_cat("--", flag, " must be positive, got ", v));
