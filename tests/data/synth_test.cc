@@ -313,6 +313,23 @@ TEST(Synth, FinetuneConversationsTokenizeAndAnswerShortly) {
   EXPECT_EQ(ft.size(), 42u);
 }
 
+// The benchmarks ask one question right after the image; the finetuning set must put every
+// kind of question there, not only colour and shape ones (a model learns the position shortcut).
+TEST(Synth, FirstTurnsCoverEveryQuestionKind) {
+  const std::string& d = dataset();
+  std::set<std::string> first;
+  for (const Sample& s : read_llava(d + "/finetune.json")) {
+    if (!s.has_image()) continue;
+    const std::string& q = s.conversations[0].value;
+    if (q.find("Answer with the option's letter") != std::string::npos) first.insert("choice");
+    else if (q.find("How many") != std::string::npos) first.insert("count");
+    else if (q.find("Where") != std::string::npos) first.insert("position");
+    else if (q.find("colour") != std::string::npos) first.insert("colour");
+    else first.insert("other");
+  }
+  EXPECT_EQ(first.size(), 5u) << join(std::vector<std::string>(first.begin(), first.end()), ", ");
+}
+
 TEST(Synth, TextVqaSetScoresPerfectAnswersAtOneHundredPercent) {
   const std::string& d = dataset();
   const std::string qpath = d + "/eval/textvqa_questions.jsonl";
