@@ -53,6 +53,10 @@ void setup_lora(models::MgmForCausalLM& model, const models::LoraConfig& cfg, co
   // get_peft_model freezes everything but the adapters; MGM's initialize_vision_modules /
   // initialize_uni_modules then make the projector and the resampler trainable again.
   model->set_trainable(models::MgmStage::kPretrain);
+  if (!a.model_config.empty())
+    log::warn("LoRA on a randomly initialised model (--model_config, seed ", a.seed,
+              "): the base exists only in this process, so merge-lora and --model-base have no "
+              "base folder to use with the adapter");
   if (a.lora_adapter.empty()) {
     const auto adapted = models::add_lora(model->llm, cfg);
     log::info("LoRA: ", adapted.size(), " adapters (r ", cfg.r, ", alpha ", cfg.lora_alpha,
