@@ -317,6 +317,54 @@ TEST_F(LoraE2E, ContinueFromAnAdapterAndTheProjectorLearningRateGroup) {
   EXPECT_NE(out.find("contradict"), std::string::npos) << out;
 }
 
+// An adapter made by peft in Python on the base's Gemma (no config.json, no
+// non_lora_trainables.bin: PeftModel.save_pretrained's folder) continues training here and
+// evaluates with --model-base.
+TEST_F(LoraE2E, AdapterMadeByPeftTrainsAndEvaluatesHere) {
+  const std::string root = test::temp_dir("lora_peft_adapter");
+  const std::string py =
+      "import sys, json, torch\n"
+      "from safetensors.torch import load_file\n"
+      "from transformers import GemmaConfig, GemmaForCausalLM\n"
+      "from peft import LoraConfig, get_peft_model\n"
+      "base, out = sys.argv[1], sys.argv[2]\n"
+      "c = json.load(open(base + '/config.json'))\n"
+      "keys = ['vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',"
+      " 'num_key_value_heads', 'head_dim', 'rms_norm_eps', 'hidden_act', 'pad_token_id', 'bos_token_id', 'eos_token_id']\n"
+      "m = GemmaForCausalLM(GemmaConfig(**{k: c[k] for k in keys}))\n"
+      "sd = {k: v for k, v in load_file(base + '/model.safetensors').items() if k.startswith('model.') and"
+      " not k.startswith(('model.vision', 'model.mm_', 'model.vlm_'))}\n"
+      "missing, unexpected = m.load_state_dict(sd, strict=False)\n"
+      "assert not unexpected and set(missing) <= {'lm_head.weight'}, (missing, unexpected)\n"
+      "torch.manual_seed(0)\n"
+      "p = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=['q_proj', 'v_proj'],"
+      " init_lora_weights=False, task_type='CAUSAL_LM'))\n"
+      "p.save_pretrained(out)\n"
+      "print('saved', out)\n";
+  write_file_atomic(root + "/make.py", py);
+  std::string out;
+  ASSERT_TRUE(path_exists(base() + "/model.safetensors"));
+  ASSERT_EQ(test::run_python(str_cat(root, "/make.py ", base(), " ", root, "/peft"), &out), 0) << out;
+  // Continue training from it: with learning rate 0 the adapter comes back bit for bit.
+  const std::string args = str_cat("--max_steps 2 --learning_rate 0 --save_strategy no --lora_adapter ", root,
+                                   "/peft --lora_r 4 --lora_alpha 8 --lora_target_modules q_proj,v_proj");
+  ASSERT_EQ(test::run_command(train(root + "/trained", args), &out), 0) << out;
+  const auto a = tensors_of(root + "/peft/adapter_model.safetensors");
+  const auto b = tensors_of(root + "/trained/adapter_model.safetensors");
+  ASSERT_EQ(a.size(), 8u);  // q and v in two layers, A and B
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [n, t] : a) EXPECT_TRUE(t.equal(b.at(n))) << n;
+  // Evaluation on base + the Python adapter (config and projector from the MGM base).
+  ASSERT_EQ(test::run_command(str_cat(MGM_BIN, " eval textvqa --model-path ", root, "/peft --model-base ", base(),
+                                      " --question-file ", data(), "/eval/textvqa_questions.jsonl --image-folder ",
+                                      data(), "/images --max_new_tokens 4 --max_questions 2 --answers-file ", root,
+                                      "/answers.jsonl"),
+                              &out),
+            0)
+      << out;
+  EXPECT_EQ(split(read_file(root + "/answers.jsonl"), '\n').size(), 3u);  // two lines + the final newline
+}
+
 TEST_F(LoraE2E, Refusals) {
   const std::string root = test::temp_dir("lora_refuse");
   std::string out;
