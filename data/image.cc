@@ -41,24 +41,34 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
   RgbImage out(m.cols, m.rows);
   const int depth = m.depth();
   if (depth != CV_8U && depth != CV_16U) throw Error(str_cat(what, ": unsupported pixel depth"));
+  // One tight loop per layout (no per-pixel branches): BGR(A) -> RGB with alpha dropped, gray
+  // replicated.
   for (int y = 0; y < m.rows; ++y) {
     uint8_t* o = out.at(0, y);
-    for (int x = 0; x < m.cols; ++x, o += 3) {
-      if (depth == CV_8U) {
-        const uint8_t* p = m.ptr<uint8_t>(y) + static_cast<size_t>(x) * ch;
-        if (ch == 1)
-          o[0] = o[1] = o[2] = p[0];
-        else {
+    const int w = m.cols;
+    if (depth == CV_8U) {
+      const uint8_t* p = m.ptr<uint8_t>(y);
+      if (ch == 3) {
+        for (int x = 0; x < w; ++x, p += 3, o += 3) {
           o[0] = p[2];
           o[1] = p[1];
           o[2] = p[0];
-        }  // BGR(A) -> RGB, alpha dropped
+        }
+      } else if (ch == 4) {
+        for (int x = 0; x < w; ++x, p += 4, o += 3) {
+          o[0] = p[2];
+          o[1] = p[1];
+          o[2] = p[0];
+        }
       } else {
-        const uint16_t* p = m.ptr<uint16_t>(y) + static_cast<size_t>(x) * ch;
+        for (int x = 0; x < w; ++x, ++p, o += 3) o[0] = o[1] = o[2] = p[0];
+      }
+    } else {
+      const uint16_t* p = m.ptr<uint16_t>(y);
+      for (int x = 0; x < w; ++x, p += ch, o += 3) {
         if (ch == 1) {
           // PIL opens 16-bit grayscale as I;16 and convert('RGB') clamps to 255.
-          uint8_t v = p[0] > 255 ? 255 : static_cast<uint8_t>(p[0]);
-          o[0] = o[1] = o[2] = v;
+          o[0] = o[1] = o[2] = p[0] > 255 ? 255 : static_cast<uint8_t>(p[0]);
         } else {
           // 16-bit colour is read by PIL keeping the high byte.
           o[0] = static_cast<uint8_t>(p[2] >> 8);
@@ -123,8 +133,12 @@ RgbImage expand_to_square(const RgbImage& img, std::array<uint8_t, 3> bg) {
 namespace {
 
 // PIL's Resample.c, 8 bits per channel: coefficients in double, normalised, then converted to
-// fixed point with 22 fractional bits; accumulation in int32 starting at one half.
+// fixed point with 22 fractional bits; accumulation in int32 starting at one half. Every output
+// value is clip8(half + sum of pixel * coefficient) over the same terms as PIL's loops; the
+// integer sums are exact, so the order of accumulation (row-wise here, for vectorisation) does
+// not change a single value.
 constexpr int kPrecisionBits = 32 - 8 - 2;
+constexpr int32_t kHalf = 1 << (kPrecisionBits - 1);
 
 double bicubic(double x) {
   const double a = -0.5;
@@ -184,66 +198,186 @@ inline uint8_t clip8(int32_t in) {
   return static_cast<uint8_t>(in >> kPrecisionBits);
 }
 
+// The horizontal pass of one RGB row (`row` holds the whole source row) for output pixels
+// [x0, x1).
+void resample_row_h(const uint8_t* row, const Coeffs& ch, int x0, int x1, uint8_t* out) {
+  for (int xx = x0; xx < x1; ++xx) {
+    const int xmin = ch.bounds[xx * 2], xmax = ch.bounds[xx * 2 + 1];
+    const int32_t* k = &ch.k[static_cast<size_t>(xx) * ch.ksize];
+    int32_t s0 = kHalf, s1 = kHalf, s2 = kHalf;
+    const uint8_t* p = row + static_cast<size_t>(xmin) * 3;
+    for (int x = 0; x < xmax; ++x, p += 3) {
+      s0 += p[0] * k[x];
+      s1 += p[1] * k[x];
+      s2 += p[2] * k[x];
+    }
+    out[xx * 3] = clip8(s0);
+    out[xx * 3 + 1] = clip8(s1);
+    out[xx * 3 + 2] = clip8(s2);
+  }
+}
+
+// The vertical pass into `out` (out->width * 3 bytes a row): out row yy = clip8(half +
+// sum_t k_t * source row (ymin + t)), where source row y is `src` row y - y_offset. 64 bytes of
+// the row at a time: fixed-length loops over restrict pointers, which compilers vectorise at -O2
+// on any target (clip8 is clamp(sum >> 22, 0, 255) for every int32 sum). When `bg_row` is given,
+// source rows outside [img_y0, img_y1) all equal it, and an output row whose taps all fall there
+// is that row times the sum of its coefficients.
+void vertical_pass(const RgbImage& src, int y_offset, const Coeffs& cv, RgbImage* out,
+                   const uint8_t* bg_row, int img_y0, int img_y1) {
+  const size_t row_bytes = static_cast<size_t>(out->width) * 3;
+  constexpr size_t kBlock = 64;
+  for (int yy = 0; yy < out->height; ++yy) {
+    const int ymin = cv.bounds[yy * 2], ymax = cv.bounds[yy * 2 + 1];
+    const int32_t* k = &cv.k[static_cast<size_t>(yy) * cv.ksize];
+    uint8_t* __restrict o = out->at(0, yy);
+    if (bg_row != nullptr && (ymin + ymax <= img_y0 || ymin >= img_y1)) {
+      int32_t ksum = 0;
+      for (int t = 0; t < ymax; ++t) ksum += k[t];
+      for (size_t i = 0; i < row_bytes; ++i) o[i] = clip8(kHalf + bg_row[i] * ksum);
+      continue;
+    }
+    const uint8_t* r0 = src.at(0, ymin - y_offset);
+    size_t i = 0;
+    for (; i + kBlock <= row_bytes; i += kBlock) {
+      int32_t acc[kBlock];
+      for (size_t j = 0; j < kBlock; ++j) acc[j] = kHalf;
+      for (int t = 0; t < ymax; ++t) {
+        const uint8_t* __restrict r = r0 + static_cast<size_t>(t) * row_bytes + i;
+        const int32_t kt = k[t];
+        for (size_t j = 0; j < kBlock; ++j) acc[j] += r[j] * kt;
+      }
+      for (size_t j = 0; j < kBlock; ++j) {
+        int32_t v = acc[j] >> kPrecisionBits;
+        v = v < 0 ? 0 : v;
+        o[i + j] = static_cast<uint8_t>(v > 255 ? 255 : v);
+      }
+    }
+    for (; i < row_bytes; ++i) {
+      int32_t acc = kHalf;
+      for (int t = 0; t < ymax; ++t) acc += r0[static_cast<size_t>(t) * row_bytes + i] * k[t];
+      o[i] = clip8(acc);
+    }
+  }
+}
+
+// PIL's resize of a virtual sw x sh image that holds `img` at (ox, oy) on a `bg` background
+// (expand2square's canvas when padding; the image itself when sw, sh = its size and ox = oy = 0),
+// without materialising the canvas when the horizontal pass runs first: an output pixel whose
+// taps all fall on background gets the background's sum, computed once per output column (and
+// once per output row vertically).
+RgbImage resample(const RgbImage& img, int sw, int sh, int ox, int oy,
+                  const std::array<uint8_t, 3>& bg, int out_w, int out_h) {
+  MGM_CHECK(out_w > 0 && out_h > 0 && sw > 0 && sh > 0, "resize: empty image or size");
+  const bool need_h = out_w != sw;
+  const bool need_v = out_h != sh;
+  const bool padded = sw != img.width || sh != img.height;
+  // Pillow 13 (the pinned reference) runs the vertical pass first when the height shrinks by
+  // more than twice as many pixels as the width; older Pillow always went horizontal first.
+  // Never the case for the square canvas of 'pad' mode.
+  const bool horizontal_first = !((sh - out_h) > 0 && (sh - out_h) > (sw - out_w) * 2);
+  Coeffs ch, cv;
+  if (need_h) ch = precompute(sw, 0.f, static_cast<float>(sw), out_w);
+  if (need_v) cv = precompute(sh, 0.f, static_cast<float>(sh), out_h);
+
+  if (!horizontal_first) {
+    if (padded) {  // rare (never in the training pipeline): resample the built canvas
+      RgbImage canvas(sw, sh);
+      for (size_t i = 0; i < canvas.pixels.size(); i += 3)
+        std::memcpy(&canvas.pixels[i], bg.data(), 3);
+      for (int y = 0; y < img.height; ++y)
+        std::memcpy(canvas.at(ox, y + oy), img.at(0, y), static_cast<size_t>(img.width) * 3);
+      return resample(canvas, sw, sh, 0, 0, bg, out_w, out_h);
+    }
+    RgbImage tmp(sw, out_h);
+    vertical_pass(img, 0, cv, &tmp, nullptr, 0, sh);
+    if (!need_h) return tmp;
+    RgbImage out(out_w, out_h);
+    for (int y = 0; y < out_h; ++y) resample_row_h(tmp.at(0, y), ch, 0, out_w, out.at(0, y));
+    return out;
+  }
+
+  const size_t row_bytes = static_cast<size_t>(out_w) * 3;
+  // The horizontal pass's output for an all-background row, and the output columns whose taps
+  // cover image pixels, [cx0, cx1) (the others always equal bg_row).
+  std::vector<uint8_t> bg_row(row_bytes);
+  int cx0 = 0, cx1 = out_w;
+  for (int xx = 0; xx < out_w; ++xx) {
+    int32_t ksum = 1 << kPrecisionBits;  // the identity when the width stays
+    if (need_h) {
+      ksum = 0;
+      for (int x = 0; x < ch.bounds[xx * 2 + 1]; ++x)
+        ksum += ch.k[static_cast<size_t>(xx) * ch.ksize + x];
+    }
+    for (int c = 0; c < 3; ++c) bg_row[xx * 3 + c] = clip8(kHalf + bg[c] * ksum);
+  }
+  if (padded) {
+    auto touches_image = [&](int xx) {
+      const int lo = need_h ? ch.bounds[xx * 2] : xx;
+      const int hi = need_h ? lo + ch.bounds[xx * 2 + 1] : xx + 1;
+      return hi > ox && lo < ox + img.width;
+    };
+    while (cx0 < out_w && !touches_image(cx0)) ++cx0;
+    cx1 = cx0;
+    while (cx1 < out_w && touches_image(cx1)) ++cx1;
+  }
+
+  // Horizontal pass over the source rows the vertical pass reads, [y_first, y_last).
+  const int y_first = need_v ? cv.bounds[0] : 0;
+  const int y_last = need_v ? cv.bounds[out_h * 2 - 2] + cv.bounds[out_h * 2 - 1] : sh;
+  RgbImage tmp(out_w, y_last - y_first);
+  std::vector<uint8_t> canvas_row(padded ? static_cast<size_t>(sw) * 3 : 0);
+  if (padded)  // background pixels of the canvas row; the image part is copied per row
+    for (int x = 0; x < sw; ++x) std::memcpy(&canvas_row[static_cast<size_t>(x) * 3], bg.data(), 3);
+  for (int y = y_first; y < y_last; ++y) {
+    uint8_t* o = tmp.at(0, y - y_first);
+    const int iy = y - oy;
+    if (iy < 0 || iy >= img.height) {
+      std::memcpy(o, bg_row.data(), row_bytes);
+      continue;
+    }
+    const uint8_t* row = img.at(0, iy);
+    if (padded) {
+      std::memcpy(&canvas_row[static_cast<size_t>(ox) * 3], row,
+                  static_cast<size_t>(img.width) * 3);
+      row = canvas_row.data();
+    }
+    if (!need_h) {
+      std::memcpy(o, row, row_bytes);
+      continue;
+    }
+    std::memcpy(o, bg_row.data(), static_cast<size_t>(cx0) * 3);
+    resample_row_h(row, ch, cx0, cx1, o);
+    std::memcpy(o + static_cast<size_t>(cx1) * 3, &bg_row[static_cast<size_t>(cx1) * 3],
+                static_cast<size_t>(out_w - cx1) * 3);
+  }
+  if (!need_v) return tmp;
+  RgbImage out(out_w, out_h);
+  vertical_pass(tmp, y_first, cv, &out, padded ? bg_row.data() : nullptr, oy, oy + img.height);
+  return out;
+}
+
+void square_offsets(const RgbImage& img, int* ox, int* oy) {
+  *ox = img.width > img.height ? 0 : (img.height - img.width) / 2;
+  *oy = img.width > img.height ? (img.width - img.height) / 2 : 0;
+}
+
 }  // namespace
 
 RgbImage resize_bicubic(const RgbImage& img, int out_w, int out_h) {
-  MGM_CHECK(out_w > 0 && out_h > 0 && img.width > 0 && img.height > 0,
-            "resize: empty image or size");
-  Coeffs ch = precompute(img.width, 0.f, static_cast<float>(img.width), out_w);
-  Coeffs cv = precompute(img.height, 0.f, static_cast<float>(img.height), out_h);
-  const bool need_h = out_w != img.width;
-  const bool need_v = out_h != img.height;
-  const RgbImage* src = &img;
-  RgbImage tmp;
-  int y_first = 0;
-  if (need_h) {
-    // Only the source rows the vertical pass reads are resampled horizontally.
-    y_first = cv.bounds[0];
-    const int y_last = cv.bounds[out_h * 2 - 2] + cv.bounds[out_h * 2 - 1];
-    tmp = RgbImage(out_w, y_last - y_first);
-    for (int y = 0; y < tmp.height; ++y) {
-      for (int xx = 0; xx < out_w; ++xx) {
-        const int xmin = ch.bounds[xx * 2], xmax = ch.bounds[xx * 2 + 1];
-        const int32_t* k = &ch.k[static_cast<size_t>(xx) * ch.ksize];
-        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        const uint8_t* row = img.at(0, y + y_first);
-        for (int x = 0; x < xmax; ++x) {
-          const uint8_t* p = row + static_cast<size_t>(x + xmin) * 3;
-          s0 += p[0] * k[x];
-          s1 += p[1] * k[x];
-          s2 += p[2] * k[x];
-        }
-        uint8_t* o = tmp.at(xx, y);
-        o[0] = clip8(s0);
-        o[1] = clip8(s1);
-        o[2] = clip8(s2);
-      }
-    }
-    src = &tmp;
-  }
-  if (!need_v) {
-    if (need_h) return tmp;
-    return img;
-  }
-  RgbImage out(src->width, out_h);
-  for (int yy = 0; yy < out_h; ++yy) {
-    const int ymin = cv.bounds[yy * 2] - (need_h ? y_first : 0), ymax = cv.bounds[yy * 2 + 1];
-    const int32_t* k = &cv.k[static_cast<size_t>(yy) * cv.ksize];
-    for (int x = 0; x < src->width; ++x) {
-      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-      for (int y = 0; y < ymax; ++y) {
-        const uint8_t* p = src->at(x, y + ymin);
-        s0 += p[0] * k[y];
-        s1 += p[1] * k[y];
-        s2 += p[2] * k[y];
-      }
-      uint8_t* o = out.at(x, yy);
-      o[0] = clip8(s0);
-      o[1] = clip8(s1);
-      o[2] = clip8(s2);
-    }
-  }
-  return out;
+  MGM_CHECK(img.width > 0 && img.height > 0, "resize: empty image or size");
+  if (out_w == img.width && out_h == img.height) return img;
+  return resample(img, img.width, img.height, 0, 0, {0, 0, 0}, out_w, out_h);
+}
+
+RgbImage resize_bicubic_padded(const RgbImage& img, std::array<uint8_t, 3> bg, int out_w,
+                               int out_h) {
+  MGM_CHECK(img.width > 0 && img.height > 0, "resize: empty image or size");
+  const int s = std::max(img.width, img.height);
+  if (out_w == s && out_h == s) return expand_to_square(img, bg);
+  int ox = 0, oy = 0;
+  square_offsets(img, &ox, &oy);
+  return resample(img, s, s, ox, oy, bg, out_w, out_h);
 }
 
 RgbImage center_crop(const RgbImage& img, int cw, int chh) {
@@ -293,20 +427,38 @@ AspectMode parse_aspect_mode(const std::string& s) {
 }
 
 RgbImage preprocess_uint8(const RgbImage& img, const ImageProcessorConfig& cfg, AspectMode mode) {
-  RgbImage x = mode == AspectMode::kPad ? expand_to_square(img, cfg.pad_color()) : img;
-  auto [w, h] = shortest_edge_size(x.width, x.height, cfg.shortest_edge);
-  if (w != x.width || h != x.height) x = resize_bicubic(x, w, h);
+  RgbImage x;
+  if (mode == AspectMode::kPad && img.width != img.height) {
+    // expand2square + resize in one pass over the image (the canvas is never built).
+    const int s = std::max(img.width, img.height);
+    auto [w, h] = shortest_edge_size(s, s, cfg.shortest_edge);
+    x = resize_bicubic_padded(img, cfg.pad_color(), w, h);
+  } else {
+    auto [w, h] = shortest_edge_size(img.width, img.height, cfg.shortest_edge);
+    x = resize_bicubic(img, w, h);
+  }
+  if (x.width == cfg.crop && x.height == cfg.crop) return x;
   return center_crop(x, cfg.crop, cfg.crop);
 }
 
 std::vector<float> normalize_chw(const RgbImage& img, const ImageProcessorConfig& cfg) {
+  // The value depends only on (channel, byte): a 3 x 256 table computed with exactly the
+  // per-element arithmetic (float64 rescale, float32 normalise).
+  float lut[3][256];
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v)
+      lut[c][v] = (static_cast<float>(v * cfg.rescale) - cfg.mean[c]) / cfg.std[c];
   const size_t hw = static_cast<size_t>(img.width) * img.height;
   std::vector<float> out(hw * 3);
-  for (size_t i = 0; i < hw; ++i)
-    for (int c = 0; c < 3; ++c) {
-      const float v = static_cast<float>(img.pixels[i * 3 + c] * cfg.rescale);
-      out[c * hw + i] = (v - cfg.mean[c]) / cfg.std[c];
-    }
+  float* r = out.data();
+  float* g = r + hw;
+  float* b = g + hw;
+  const uint8_t* p = img.pixels.data();
+  for (size_t i = 0; i < hw; ++i, p += 3) {
+    r[i] = lut[0][p[0]];
+    g[i] = lut[1][p[1]];
+    b[i] = lut[2][p[2]];
+  }
   return out;
 }
 

@@ -32,8 +32,13 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
 // along the shorter side.
 RgbImage expand_to_square(const RgbImage& img, std::array<uint8_t, 3> bg);
 
-// PIL Image.resize(size, BICUBIC) on an RGB image (antialiased when downscaling).
+// PIL Image.resize(size, BICUBIC) on an RGB image (antialiased when downscaling), bit for bit
+// with the pinned Pillow, including its choice of which pass runs first.
 RgbImage resize_bicubic(const RgbImage& img, int out_w, int out_h);
+// resize_bicubic(expand_to_square(img, bg), out_w, out_h), bit for bit, without building the
+// square canvas (background rows and columns are resampled once).
+RgbImage resize_bicubic_padded(const RgbImage& img, std::array<uint8_t, 3> bg, int out_w,
+                               int out_h);
 
 // transformers' center_crop (zero padding when the crop is larger than the image).
 RgbImage center_crop(const RgbImage& img, int crop_w, int crop_h);

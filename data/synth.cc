@@ -68,6 +68,7 @@ enum Stream : uint64_t {
   kTrainText = 3,
   kEvalText = 4,
   kTextOnly = 5,
+  kTextChoice = 6,
 };
 
 class Rng {
@@ -266,6 +267,56 @@ std::string choice_prompt(const std::string& hint, const Mcq& q, size_t rotation
 
 // ---------------------------------------------------------------------------------------------
 // Captions
+
+// A text-only multiple-choice turn: find an option by its content ("Which option is red?") or
+// by its category ("Which option is a colour?"). It trains, without an image, the second half of
+// an MMBench answer: from a fact to the letter of the option that states it.
+std::pair<std::string, std::string> text_choice_turn(Rng& r) {
+  const std::vector<std::pair<std::string, const std::vector<std::string>*>> categories = {
+      {"a colour", &synth_colours()},
+      {"a shape", &synth_shape_kinds()},
+      {"a position", &synth_positions()},
+      {"a word", &synth_words()}};
+  static const std::vector<std::string> numbers = {"1", "2", "3", "4", "5"};
+  Mcq q;
+  std::string answer;
+  const int n_options = 2 + r.below(3);
+  std::vector<std::string> distractors;
+  if (r.chance(1, 2)) {
+    const auto& pool = r.chance(1, 5) ? numbers : *r.pick(categories).second;
+    answer = r.pick(pool);
+    q.question = r.pick<std::string>({"Which option is " + answer + "?",
+                                      "Which option says \"" + answer + "\"?",
+                                      "Find " + answer + " among the options."});
+    for (const auto& p : pool)
+      if (p != answer) distractors.push_back(p);
+  } else {
+    const size_t c = static_cast<size_t>(r.below(static_cast<int>(categories.size())));
+    answer = r.pick(*categories[c].second);
+    q.question = "Which option is " + categories[c].first + "?";
+    for (size_t k = 0; k < categories.size(); ++k)
+      if (k != c) distractors.push_back(r.pick(*categories[k].second));
+  }
+  r.shuffle(distractors);
+  q.options.push_back(answer);
+  for (int i = 1; i < n_options && static_cast<size_t>(i) <= distractors.size(); ++i)
+    q.options.push_back(distractors[static_cast<size_t>(i - 1)]);
+  r.shuffle(q.options);
+  q.answer = static_cast<size_t>(std::find(q.options.begin(), q.options.end(), answer) -
+                                 q.options.begin());
+  return {choice_prompt("", q, 0) + "\n" + kOptionLetterSuffix,
+          std::string(1, static_cast<char>('A' + q.answer))};
+}
+
+// MMBench-style hints, used by the evaluation set and (so the model has seen the layout) by some
+// of the finetuning set's multiple-choice questions.
+const std::vector<std::string>& choice_hints() {
+  static const std::vector<std::string> hints = {
+      "The image shows simple coloured shapes on a plain background.",
+      "Some images contain more than one shape; the largest one is the main shape.",
+      "Look at the whole picture before answering."};
+  return hints;
+}
 
 std::string shape_phrase(const SynthShape& sh) { return sh.colour + " " + sh.kind; }
 
@@ -728,9 +779,9 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
       "Describe the image briefly.", "Give a short caption for the image.",
       "What is shown in this picture?", "Write a brief description of the image.",
       "Summarise the picture in one sentence."};
-  const std::vector<std::string> first_kinds = {"colour", "shape"};
   const int text_only_every = 20;  // about 5% text-only samples, as in LLaVA's mix
-  size_t text_only_index = 0;
+  const int text_choice_every = 3;  // text-only option-letter drills (short: cheap to train on)
+  size_t text_only_index = 0, text_choice_index = 0;
   for (int i = 0; i < o.size; ++i) {
     const SynthScene s = plan_synth_scene(o.seed, SynthSplit::kTrain, i, o.image_size);
     const std::string id = image_name(i);
@@ -756,33 +807,37 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
         {turn("human", std::string(kLlavaImageToken) + "\n" + prompt), turn("gpt", cap)});
     original.push_back(std::move(orig));
 
-    // Finetuning: 2-4 turns, the first about the main shape's colour or kind.
+    // Finetuning: 2-4 turns of distinct kinds in random order. Every kind must come first as
+    // often as later: the benchmarks ask one question right after the image, and a model that
+    // only ever saw colour/shape questions there answers "How many shapes?" with a shape.
+    // Multiple-choice questions come up twice as often as each other kind (two slots, about
+    // different facts): picking the option letter that matches a fact is the hardest skill here.
     std::vector<std::string> kinds = {
-        "colour",     "shape",     "count", "position", s.word.empty() ? "text_presence" : "word",
-        "yes_colour", "yes_shape", "choice"};
-    const std::string first = r.pick(first_kinds);
-    kinds.erase(std::find(kinds.begin(), kinds.end(), first));
+        "colour",     "shape",     "count",  "position", s.word.empty() ? "text_presence" : "word",
+        "yes_colour", "yes_shape", "choice", "choice"};
     r.shuffle(kinds);
-    const int n_turns = 2 + r.below(3);
-    kinds.resize(static_cast<size_t>(n_turns - 1));
-    kinds.insert(kinds.begin(), first);
+    kinds.resize(static_cast<size_t>(2 + r.below(3)));
+    std::vector<std::string> choice_kinds = {"colour", "shape", "count", "position"};
+    if (!s.word.empty()) choice_kinds.push_back("word");
+    r.shuffle(choice_kinds);
     OrderedJson conv = OrderedJson::array();
     for (size_t t = 0; t < kinds.size(); ++t) {
       std::string question, answer;
       if (kinds[t] == "choice") {
-        std::vector<std::string> ck = {"colour", "shape", "count", "position"};
-        if (!s.word.empty()) ck.push_back("word");
-        const std::string& k = r.pick(ck);
+        const std::string k = choice_kinds.back();
+        choice_kinds.pop_back();
         Mcq q = ask_choice(k, s, r, k == "count" ? 2 + r.below(2) : 2 + r.below(3));
-        question = choice_prompt("", q, 0) + "\n" + kOptionLetterSuffix;
+        const std::string hint = r.chance(3, 10) ? r.pick(choice_hints()) : "";
+        question = choice_prompt(hint, q, 0) + "\n" + kOptionLetterSuffix;
         answer = std::string(1, static_cast<char>('A' + q.answer));
       } else {
         Qa qa = ask(kinds[t], s, r);
         question = qa.question;
         answer = qa.answer;
         if (r.chance(1, 2)) {
-          // TextVQA-style prompts (LLaVA's mix has them), sometimes with the OCR line.
-          if (!s.word.empty() && r.chance(1, 3)) question += "\nReference OCR token: " + s.word;
+          // TextVQA-style prompts (LLaVA's mix has them), mostly with the OCR line when the
+          // image has a word, as the TextVQA question file always has it.
+          if (!s.word.empty() && r.chance(2, 3)) question += "\nReference OCR token: " + s.word;
           question += std::string("\n") + kShortAnswerSuffix;
         }
       }
@@ -820,6 +875,24 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
       t["conversations"] = std::move(tconv);
       finetune.push_back(std::move(t));
       ++text_only_index;
+      ++sum.finetune_text_only;
+    }
+    if ((i + 1) % text_choice_every == 0) {
+      Rng tr(o.seed, kTextChoice, text_choice_index);
+      OrderedJson tconv = OrderedJson::array();
+      const int n = 2 + tr.below(2);
+      for (int k = 0; k < n; ++k) {
+        const auto [question, answer] = text_choice_turn(tr);
+        corpus.push_back(question);
+        tconv.push_back(turn("human", question));
+        tconv.push_back(turn("gpt", answer));
+        ++sum.finetune_turns;
+      }
+      OrderedJson t = OrderedJson::object();
+      t["id"] = "choice_" + image_name(static_cast<int>(text_choice_index));
+      t["conversations"] = std::move(tconv);
+      finetune.push_back(std::move(t));
+      ++text_choice_index;
       ++sum.finetune_text_only;
     }
   }
@@ -872,10 +945,6 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
       {"count", {"object_counting", "finegrained_perception (cross-instance)"}},
       {"position", {"spatial_relationship", "finegrained_perception (cross-instance)"}},
       {"word", {"ocr", "finegrained_perception (instance-level)"}}};
-  static const std::vector<std::string> hints = {
-      "The image shows simple coloured shapes on a plain background.",
-      "Some images contain more than one shape; the largest one is the main shape.",
-      "Look at the whole picture before answering."};
   int64_t tvqa_question_id = 0;
   for (int i = 0; i < o.eval_size; ++i) {
     const SynthScene s = plan_synth_scene(o.seed, SynthSplit::kEval, i, o.image_size);
@@ -936,7 +1005,7 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
     if (!s.word.empty()) ck.push_back("word");
     const std::string kind = r.pick(ck);
     Mcq q = ask_choice(kind, s, r, kind == "count" ? 2 + r.below(2) : 2 + r.below(3));
-    const std::string hint = r.chance(3, 10) ? r.pick(hints) : "";
+    const std::string hint = r.chance(3, 10) ? r.pick(choice_hints()) : "";
     const std::string b64 = base64_encode(png);
     const size_t n = q.options.size();
     const auto& [category, l2] = mmb_category.at(kind);

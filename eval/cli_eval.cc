@@ -15,6 +15,8 @@ namespace {
 void common_flags(cli::ArgParser& p, const std::string& max_new_tokens) {
   p.flag("model-path", cli::Kind::kString, "", "MGM checkpoint folder (config.json + weights)",
          true);
+  p.flag("model-base", cli::Kind::kString, "",
+         "base model folder when --model-path is a LoRA adapter folder (merged in memory)");
   p.flag("question-file", cli::Kind::kString, "", "benchmark question file", true);
   p.flag("answers-file", cli::Kind::kString, "",
          "answers JSONL, appended per batch; a rerun resumes it (settings recorded in "
@@ -50,6 +52,7 @@ void common_flags(cli::ArgParser& p, const std::string& max_new_tokens) {
 void fill_common(const cli::ArgParser& p, EvalModelOptions* m, RunOptions* r, int64_t* chunks,
                  int64_t* idx) {
   m->model_path = p.str("model-path");
+  m->model_base = p.str("model-base");
   m->tokenizer_path = p.str("tokenizer");
   m->device = p.str("device");
   m->dtype = p.str("dtype");

@@ -4,12 +4,15 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "common/error.h"
 #include "common/files.h"
 #include "common/strings.h"
 #include "eval/scoring/mmbench.h"
+#include "eval/scoring/mmbench_judge.h"
 #include "eval/scoring/textvqa.h"
 
 namespace mgm::eval {
@@ -64,10 +67,13 @@ int run_mmbench(const std::vector<std::string>& args) {
       "mgm score mmbench",
       "Scores MMBench answers with VLMEvalKit's circular evaluation: each question and "
       "its rotated variants (same index % 1,000,000) must all be answered right. "
-      "Answers are matched to options by rules only (no LLM judge); answers the rules "
-      "cannot resolve count as wrong. Prints overall / l2-category / category accuracy "
-      "and writes <result>_acc.csv, <result>_result.csv (how each answer was "
-      "resolved) and <result>_report.md.");
+      "Answers are matched to options by rules; answers the rules cannot resolve count as "
+      "wrong, unless --judge-url/--judge-model name an OpenAI-compatible chat endpoint (plain "
+      "http), which is then asked as VLMEvalKit asks its judge (same prompt, 3 calls, a seeded "
+      "random guess when all fail; replies cached in <result>_judge_cache.jsonl). Prints "
+      "overall / l2-category / category accuracy and writes <result>_acc.csv, "
+      "<result>_result.csv (how each answer was resolved: rule, judge or judge-failed) and "
+      "<result>_report.md.");
   p.flag("question-file", cli::Kind::kString, "", "MMBench TSV (e.g. mmbench_dev_20230712.tsv)",
          true);
   p.flag("result-file", cli::Kind::kString, "", "answers JSONL (question_id = TSV index, text)",
@@ -77,12 +83,48 @@ int run_mmbench(const std::vector<std::string>& args) {
          "must be among the last 4 tokens; 'answer is X' fallback)");
   p.flag("out-dir", cli::Kind::kString, "",
          "folder for the report files (default: the result file's folder)");
+  p.flag("judge-url", cli::Kind::kString, "",
+         "OpenAI-compatible chat completions URL for the LLM judge, plain http "
+         "(e.g. http://127.0.0.1:8000/v1/chat/completions); off by default");
+  p.flag("judge-model", cli::Kind::kString, "", "the judge's model name (the request's \"model\")");
+  p.flag("judge-key-env", cli::Kind::kString, "OPENAI_API_KEY",
+         "environment variable holding the API key (sent as a Bearer token; none when unset)");
+  p.flag("judge-retry", cli::Kind::kInt, "5", "HTTP tries per judge call (the reference's 5)");
+  p.flag("judge-wait", cli::Kind::kFloat, "5",
+         "after a failed try, sleep a random 0..2x this many seconds (the reference's 5)");
+  p.flag("judge-timeout", cli::Kind::kFloat, "66",
+         "seconds allowed to connect and for each read (the reference's 60 x 1.1)");
+  p.flag("judge-cache", cli::Kind::kString, "",
+         "judge reply cache (default: <out-dir>/<result stem>_judge_cache.jsonl)");
   if (!p.parse(args)) {
     std::fputs(p.help().c_str(), stdout);
     return 0;
   }
   const McqMatcher m = parse_mcq_matcher(p.str("matcher"));
-  MmbenchScore s = score_mmbench(p.str("question-file"), p.str("result-file"), m);
+  std::unique_ptr<McqJudge> judge;
+  const bool want_judge = p.given("judge-url") || p.given("judge-model");
+  if (want_judge) {
+    if (!p.given("judge-url") || !p.given("judge-model"))
+      throw UsageError("mgm score mmbench: --judge-url and --judge-model go together");
+    McqJudgeOptions o;
+    o.url = p.str("judge-url");
+    o.model = p.str("judge-model");
+    const std::string key_env = p.str("judge-key-env");
+    const char* key = key_env.empty() ? nullptr : std::getenv(key_env.c_str());
+    if (key == nullptr && p.given("judge-key-env"))
+      throw UsageError(
+          str_cat("--judge-key-env: the environment variable ", key_env, " is not set"));
+    if (key != nullptr) o.api_key = key;
+    o.retry = static_cast<int>(p.integer("judge-retry"));
+    o.wait_s = p.number("judge-wait");
+    o.timeout_s = p.number("judge-timeout");
+    o.cache_path =
+        p.given("judge-cache")
+            ? p.str("judge-cache")
+            : mmbench_output_path(p.str("result-file"), p.str("out-dir"), "_judge_cache.jsonl");
+    judge = std::make_unique<McqJudge>(o);
+  }
+  MmbenchScore s = score_mmbench(p.str("question-file"), p.str("result-file"), m, judge.get());
   std::fputs(mmbench_terminal_report(s).c_str(), stdout);
   for (const auto& path : write_mmbench_reports(s, p.str("out-dir")))
     std::printf("wrote %s\n", path.c_str());
@@ -94,8 +136,8 @@ int run_mmbench(const std::vector<std::string>& args) {
 std::vector<cli::Command> score_commands() {
   return {
       {"score", "textvqa", "TextVQA accuracy of an answers file (as eval_textvqa.py)", run_textvqa},
-      {"score", "mmbench", "MMBench circular accuracy with rule-based answer matching",
-       run_mmbench},
+      {"score", "mmbench",
+       "MMBench circular accuracy: rule-based answer matching, optional LLM judge", run_mmbench},
   };
 }
 

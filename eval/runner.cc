@@ -19,6 +19,7 @@
 #include "data/collator.h"
 #include "eval/scoring/mmbench.h"
 #include "eval/scoring/py_text.h"
+#include "models/lora.h"
 
 namespace mgm::eval {
 namespace {
@@ -171,9 +172,10 @@ EvalModel load_eval_model(const EvalModelOptions& o) {
   bo.dtype = parse_eval_dtype(o.dtype);
   bo.device = parse_eval_device(o.device);
   bo.init_weights = false;
-  m.model = models::load_mgm_checkpoint(o.model_path, bo);
+  m.model = o.model_base.empty() ? models::load_mgm_checkpoint(o.model_path, bo)
+                                 : models::load_mgm_with_adapter(o.model_path, o.model_base, bo);
   m.model->eval();
-  m.tokenizer = data::Tokenizer::load(o.tokenizer_path.empty() ? o.model_path : o.tokenizer_path);
+  m.tokenizer = data::Tokenizer::load(default_tokenizer(o));
   m.conv_template = data::parse_template(o.conv_mode);
   const auto& cfg = m.model->config();
   m.image_cfg.shortest_edge = m.image_cfg.crop = static_cast<int>(cfg.image_size_aux);
@@ -181,6 +183,13 @@ EvalModel load_eval_model(const EvalModelOptions& o) {
   m.aspect = data::parse_aspect_mode(m.aspect_name);
   m.model_id = model_name_from_path(o.model_path);
   return m;
+}
+
+std::string default_tokenizer(const EvalModelOptions& o) {
+  if (!o.tokenizer_path.empty()) return o.tokenizer_path;
+  if (o.model_base.empty() || path_exists(path_join(o.model_path, "tokenizer.model")))
+    return o.model_path;
+  return o.model_base;
 }
 
 std::string model_name_from_path(const std::string& path) {
@@ -259,8 +268,9 @@ OrderedJson base_settings(const std::string& benchmark, const EvalModelOptions& 
   OrderedJson s = OrderedJson::object();
   s["benchmark"] = benchmark;
   s["model_path"] = mo.model_path;
+  if (!mo.model_base.empty()) s["model_base"] = mo.model_base;
   s["model_id"] = m.model_id;
-  s["tokenizer"] = mo.tokenizer_path.empty() ? mo.model_path : mo.tokenizer_path;
+  s["tokenizer"] = default_tokenizer(mo);
   s["conv_mode"] = mo.conv_mode;
   s["image_aspect_ratio"] = m.aspect_name;
   s["dtype"] = mo.dtype;

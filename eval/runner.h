@@ -25,7 +25,10 @@ namespace mgm::eval {
 
 struct EvalModelOptions {
   std::string model_path;
-  std::string tokenizer_path;  // default: model_path
+  // With a base, model_path is a LoRA adapter folder (LLaVA's --model-base): the model is the
+  // base plus the adapter merged in memory (models::load_mgm_with_adapter).
+  std::string model_base;
+  std::string tokenizer_path;  // default: model_path (the base when the adapter has none)
   std::string device = "cpu";  // cpu | cuda | cuda:N
   std::string dtype = "fp32";  // fp32 | bf16 | fp16
   std::string conv_mode = "gemma";
@@ -43,6 +46,9 @@ struct EvalModel {
 };
 
 EvalModel load_eval_model(const EvalModelOptions& o);
+// The tokenizer a run uses: --tokenizer, else the model folder, else (an adapter folder without
+// one) the base.
+std::string default_tokenizer(const EvalModelOptions& o);
 
 // get_model_name_from_path: the last path component, or "<parent>_<last>" for checkpoint-N.
 std::string model_name_from_path(const std::string& path);

@@ -1,5 +1,7 @@
 #include "models/checkpointing.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -64,12 +66,62 @@ class AutocastScope {
   AutocastState prev_;
 };
 
+// The random-number state a block's forward started from (CPU, and the CUDA device of the input),
+// so the recompute draws the same dropout masks as the forward did (LoRA dropout), as
+// torch.utils.checkpoint's preserve_rng_state; the global streams continue as if the block had
+// run once.
+struct RngState {
+  at::Tensor cpu, cuda;
+  at::Device cuda_device = at::Device(at::kCPU);
+
+  static RngState capture(const at::Device& dev) {
+    RngState s;
+    s.cpu = get(at::detail::getDefaultCPUGenerator());
+    if (dev.is_cuda()) {
+      s.cuda_device = dev;
+      s.cuda = get(at::globalContext().defaultGenerator(dev));
+    }
+    return s;
+  }
+  void restore() const {
+    set(at::detail::getDefaultCPUGenerator(), cpu);
+    if (cuda.defined()) set(at::globalContext().defaultGenerator(cuda_device), cuda);
+  }
+
+ private:
+  static at::Tensor get(at::Generator g) {
+    std::lock_guard<std::mutex> lock(g.mutex());
+    return g.get_state();
+  }
+  static void set(at::Generator g, const at::Tensor& state) {
+    std::lock_guard<std::mutex> lock(g.mutex());
+    g.set_state(state);
+  }
+};
+
+// Runs the recompute from the forward's RNG state and puts the current state back afterwards.
+class RngFork {
+ public:
+  explicit RngFork(const RngState& forward_state)
+      : current_(RngState::capture(forward_state.cuda.defined() ? forward_state.cuda_device
+                                                                : at::Device(at::kCPU))) {
+    forward_state.restore();
+  }
+  ~RngFork() { current_.restore(); }
+  RngFork(const RngFork&) = delete;
+  RngFork& operator=(const RngFork&) = delete;
+
+ private:
+  RngState current_;
+};
+
 // What backward needs besides the saved input; carried in the context as a capsule because
 // saved_data holds IValues only.
 struct Closure : torch::CustomClassHolder {
   CheckpointFn fn;
   std::vector<at::Tensor> params;  // exactly the tensors passed as the TensorList argument
   AutocastState autocast;
+  RngState rng;
 };
 
 struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -94,6 +146,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     {
       at::AutoGradMode grad_on(true);
       AutocastScope autocast(closure->autocast);
+      RngFork rng(closure->rng);
       y = closure->fn(x);
     }
     variable_list wrt;
@@ -129,6 +182,7 @@ at::Tensor checkpoint(const CheckpointFn& fn, const at::Tensor& x,
   closure->fn = fn;
   closure->params = trainable;
   closure->autocast = AutocastState::capture();
+  closure->rng = RngState::capture(x.device());
   return CheckpointFunction::apply(x, at::TensorList(closure->params), closure);
 }
 

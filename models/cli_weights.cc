@@ -12,6 +12,8 @@
 #include "common/json.h"
 #include "common/strings.h"
 #include "models/io/tensor_file.h"
+#include "models/lora.h"
+#include "models/weight_delta.h"
 
 namespace mgm::models {
 namespace {
@@ -174,6 +176,94 @@ std::vector<cli::Command> weights_commands() {
                     else o.max_shard_size = 0;
                     convert_weights(p.str("SRC"), p.str("DST"), o);
                     std::printf("wrote %s\n", p.str("DST").c_str());
+                    return 0;
+                  }});
+  cmds.push_back({"weights", "merge-lora", "merge a LoRA adapter into its base: a full MGM checkpoint folder",
+                  [](const std::vector<std::string>& args) {
+                    cli::ArgParser p("mgm weights merge-lora",
+                                     "Writes a complete MGM checkpoint folder from a base and a PEFT "
+                                     "LoRA adapter folder (adapter_config.json, adapter_model.safetensors, "
+                                     "non_lora_trainables.bin): W + (B A) alpha/r (alpha/sqrt(r) with "
+                                     "rsLoRA) computed in fp32 and cast back to W's dtype, non-finite "
+                                     "results refused; streamed tensor by tensor. The base is an MGM "
+                                     "checkpoint or a Gemma folder (towers from the config's tower folders).");
+                    p.flag("base", cli::Kind::kString, "", "base model folder (MGM checkpoint or Gemma)", true);
+                    p.flag("adapter", cli::Kind::kString, "", "LoRA adapter folder (train_mgm --lora_enable output)", true);
+                    p.flag("out", cli::Kind::kString, "", "output folder", true);
+                    p.flag("max_shard_size", cli::Kind::kString, "5GB", "shard size of the output");
+                    p.flag("overwrite", cli::Kind::kBool, "false", "replace OUT if it exists");
+                    if (!p.parse(args)) {
+                      std::fputs(p.help().c_str(), stdout);
+                      return 0;
+                    }
+                    MergeLoraOptions o;
+                    o.max_shard_size = parse_size(p.str("max_shard_size"));
+                    o.overwrite = p.boolean("overwrite");
+                    const auto r = merge_lora_checkpoint(p.str("base"), p.str("adapter"), p.str("out"), o);
+                    std::printf("wrote %s: %lld tensors (%s), %lld merged with LoRA, %lld from non_lora_trainables.bin\n",
+                                p.str("out").c_str(), static_cast<long long>(r.tensors),
+                                human_bytes(r.bytes).c_str(), static_cast<long long>(r.merged),
+                                static_cast<long long>(r.replaced));
+                    return 0;
+                  }});
+  auto delta_flags = [](cli::ArgParser& p) {
+    p.flag("dtype", cli::Kind::kString, "fp16", "fp16 | bf16 | fp32: arithmetic and output dtype (FastChat: fp16)");
+    p.flag("max_shard_size", cli::Kind::kString, "4GB", "shard size of the output");
+    p.flag("overwrite", cli::Kind::kBool, "false", "replace the output folder if it exists");
+  };
+  auto delta_opts = [](const cli::ArgParser& p) {
+    DeltaOptions o;
+    o.dtype = p.str("dtype");
+    o.max_shard_size = parse_size(p.str("max_shard_size"));
+    o.overwrite = p.boolean("overwrite");
+    return o;
+  };
+  auto print_delta = [](const std::string& out, const DeltaReport& r) {
+    std::printf("wrote %s: %lld tensors (%s)%s%s; config.json from %s\n", out.c_str(),
+                static_cast<long long>(r.tensors), human_bytes(r.bytes).c_str(),
+                r.grown ? str_cat(", ", r.grown, " token tables with added rows").c_str() : "",
+                r.delta_only ? str_cat(", ", r.delta_only, " multimodal tensors kept as they are").c_str() : "",
+                r.config_from.c_str());
+  };
+  cmds.push_back({"weights", "apply-delta", "target = base + delta (FastChat/LLaVA apply_delta), streamed",
+                  [=](const std::vector<std::string>& args) {
+                    cli::ArgParser p("mgm weights apply-delta",
+                                     "Adds a weight delta to a base model as FastChat's apply_delta "
+                                     "(every base tensor must be in the delta) with LLaVA's rules "
+                                     "(multimodal keys only in the delta kept as they are; embed_tokens / "
+                                     "lm_head with extra token rows: the base added into the top-left "
+                                     "block), tensor by tensor into sharded safetensors. config.json from "
+                                     "the base (from the delta when it adds modules or tokens), tokenizer "
+                                     "files from the delta.");
+                    p.flag("base", cli::Kind::kString, "", "base model folder", true);
+                    p.flag("delta", cli::Kind::kString, "", "delta folder", true);
+                    p.flag("target", cli::Kind::kString, "", "output folder", true);
+                    delta_flags(p);
+                    if (!p.parse(args)) {
+                      std::fputs(p.help().c_str(), stdout);
+                      return 0;
+                    }
+                    print_delta(p.str("target"),
+                                apply_delta(p.str("base"), p.str("delta"), p.str("target"), delta_opts(p)));
+                    return 0;
+                  }});
+  cmds.push_back({"weights", "make-delta", "delta = target - base (FastChat/LLaVA make_delta), streamed",
+                  [=](const std::vector<std::string>& args) {
+                    cli::ArgParser p("mgm weights make-delta",
+                                     "Subtracts a base model from a target as FastChat's make_delta "
+                                     "(with LLaVA's rules for multimodal keys and added token rows), "
+                                     "tensor by tensor into sharded safetensors; config.json and "
+                                     "tokenizer files from the target.");
+                    p.flag("base", cli::Kind::kString, "", "base model folder", true);
+                    p.flag("target", cli::Kind::kString, "", "target model folder", true);
+                    p.flag("delta", cli::Kind::kString, "", "output folder", true);
+                    delta_flags(p);
+                    if (!p.parse(args)) {
+                      std::fputs(p.help().c_str(), stdout);
+                      return 0;
+                    }
+                    print_delta(p.str("delta"),
+                                make_delta(p.str("base"), p.str("target"), p.str("delta"), delta_opts(p)));
                     return 0;
                   }});
   return cmds;

@@ -565,7 +565,11 @@ bool ignored_checkpoint_key(const std::string& n, bool tied) {
 }  // namespace
 
 MgmForCausalLM load_mgm_checkpoint(const std::string& dir, const MgmBuildOptions& opts) {
-  const MgmConfig cfg = MgmConfig::from_file(dir);
+  return load_mgm_checkpoint(MgmConfig::from_file(dir), dir, opts);
+}
+
+MgmForCausalLM load_mgm_checkpoint(const MgmConfig& cfg, const std::string& dir,
+                                   const MgmBuildOptions& opts) {
   MgmBuildOptions o = opts;
   o.init_weights = false;
   MgmForCausalLM m(cfg, o);

@@ -184,6 +184,9 @@ TORCH_MODULE(MgmForCausalLM);
 // Loading and saving. Every loader throws naming the missing and mismatched tensors.
 // A complete MGM checkpoint folder: config.json + (sharded) safetensors with §14 keys.
 MgmForCausalLM load_mgm_checkpoint(const std::string& dir, const MgmBuildOptions& opts = {});
+// The same with another config for the same architecture (an adapter folder's config.json).
+MgmForCausalLM load_mgm_checkpoint(const MgmConfig& cfg, const std::string& dir,
+                                   const MgmBuildOptions& opts = {});
 // Separate sources, as training starts: a Gemma HF folder, a CLIP folder, an open_clip
 // ConvNeXt folder and optionally a stage-1 mm_projector.bin (§6.4). The MGM-only modules keep
 // their fresh initialisation unless the .bin provides them.

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "models/lora.h"
 
 namespace mgm::models {
 
@@ -19,7 +20,10 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in
   if (with_bias) bias = register_parameter("bias", torch::empty({out}));
 }
 
-at::Tensor LinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  at::Tensor y = at::linear(x, weight, bias);
+  return has_lora() ? lora_forward(*this, x, y) : y;
+}
 
 namespace {
 std::string shape_str(at::IntArrayRef s) {

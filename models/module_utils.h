@@ -15,12 +15,18 @@
 namespace mgm::models {
 
 // y = x W^T (+ b), W [out, in] as nn.Linear; parameter names "weight" and "bias".
+// With a LoRA adapter attached (models/lora.h attaches, merges and removes it), y also gets
+// scaling * B(A(dropout(x))) as PEFT's lora.Linear; A and B are children "lora_A" / "lora_B"
+// with a parameter "weight", so their names are PEFT's saved keys.
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias);
   at::Tensor forward(const at::Tensor& x);
+  bool has_lora() const { return lora_A.defined(); }
   int64_t in_features, out_features;
   at::Tensor weight, bias;  // bias undefined when disabled
+  at::Tensor lora_A, lora_B;  // [r, in] and [out, r]; undefined without an adapter
+  double lora_scaling = 0.0, lora_dropout = 0.0;
 };
 TORCH_MODULE(Linear);
 

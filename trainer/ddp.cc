@@ -72,7 +72,7 @@ DataParallel::DataParallel(Communicator& comm, std::vector<NamedParameter> param
     for (const Segment& s : b.segments) {
       const NamedParameter& p = params_[s.param];
       segment_params_.push_back({str_cat(p.name, "@", s.param_offset),
-                                 b.master.narrow(0, s.shard_offset, s.length), p.decay});
+                                 b.master.narrow(0, s.shard_offset, s.length), p.decay, p.lr_group});
     }
   }
   optimizer_ = std::make_unique<AdamW>(segment_params_, cfg);
@@ -310,9 +310,9 @@ at::Tensor DataParallel::clip_grad_norm(double max_norm) {
   return total;
 }
 
-void DataParallel::step(double lr) {
+void DataParallel::step(const std::vector<double>& group_lrs) {
   if (zero_stage_ == 0) {
-    optimizer_->step(lr);
+    optimizer_->step(group_lrs);
     return;
   }
   at::NoGradGuard no_grad;
@@ -325,7 +325,7 @@ void DataParallel::step(double lr) {
                 params_[s.param].param.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     masters_ready_ = true;
   }
-  optimizer_->step(lr);
+  optimizer_->step(group_lrs);
   // Every rank's updated slice back into every rank's parameters.
   std::vector<at::Tensor> outs;
   std::vector<std::unique_ptr<CommWork>> works;

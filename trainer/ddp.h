@@ -51,8 +51,10 @@ class DataParallel {
   bool unscale_and_check(DynamicLossScaler& scaler);
   // The global gradient norm (0-dim fp32); clips to max_norm when > 0, as clip_grad_norm.
   at::Tensor clip_grad_norm(double max_norm);
-  // AdamW at `lr`; with ZeRO-1 also all-gathers the updated parameters.
-  void step(double lr);
+  // AdamW at `lr`, or one rate per lr_group (see NamedParameter); with ZeRO-1 also all-gathers
+  // the updated parameters.
+  void step(double lr) { step(std::vector<double>{lr}); }
+  void step(const std::vector<double>& group_lrs);
   void zero_grad();
 
   // Optimizer state for checkpoints: the whole state (plain data parallel: every rank holds the

@@ -129,6 +129,11 @@ void AdamW::ensure_state(size_t i) {
 }
 
 void AdamW::step(double lr, const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+  step(std::vector<double>{lr}, grad_scale, found_inf);
+}
+
+void AdamW::step(const std::vector<double>& lrs, const at::Tensor& grad_scale,
+                 const at::Tensor& found_inf) {
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i].param;
@@ -138,26 +143,31 @@ void AdamW::step(double lr, const at::Tensor& grad_scale, const at::Tensor& foun
         g.scalar_type() == p.scalar_type() && g.device() == p.device() && g.sizes() == p.sizes(),
         "AdamW: grad of '", params_[i].name, "' is ", g.scalar_type(), shape_str(g), " on ",
         g.device(), ", the parameter ", p.scalar_type(), shape_str(p), " on ", p.device());
+    MGM_CHECK(params_[i].lr_group >= 0 && static_cast<size_t>(params_[i].lr_group) < lrs.size(),
+              "AdamW: parameter '", params_[i].name, "' uses learning-rate group ",
+              params_[i].lr_group, " but ", lrs.size(), " rates were given");
     ensure_state(i);
   }
   if (kernel_ == AdamWKernel::kFused)
-    step_fused(lr, grad_scale, found_inf);
+    step_fused(lrs, grad_scale, found_inf);
   else
-    step_for_loop(lr, grad_scale, found_inf);
+    step_for_loop(lrs, grad_scale, found_inf);
   ++step_count_;
 }
 
-void AdamW::step_fused(double lr, const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+void AdamW::step_fused(const std::vector<double>& lrs, const at::Tensor& grad_scale,
+                       const at::Tensor& found_inf) {
   // One kernel call per (device, dtype, decay) group, as torch groups a param group by device
   // and dtype; decay and no-decay are HF's two param groups.
   struct FusedGroup {
     std::vector<at::Tensor> p, g, m, v, s;
   };
-  std::map<std::tuple<std::string, int, bool>, FusedGroup> groups;
+  std::map<std::tuple<std::string, int, bool, int>, FusedGroup> groups;
   for (size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i].param;
     if (!p.grad().defined()) continue;
-    auto& fg = groups[{p.device().str(), static_cast<int>(p.scalar_type()), params_[i].decay}];
+    auto& fg = groups[{p.device().str(), static_cast<int>(p.scalar_type()), params_[i].decay,
+                       params_[i].lr_group}];
     fg.p.push_back(p);
     fg.g.push_back(p.grad());
     fg.m.push_back(state_[i].exp_avg);
@@ -170,6 +180,7 @@ void AdamW::step_fused(double lr, const at::Tensor& grad_scale, const at::Tensor
     if (grad_scale.defined()) gs = grad_scale.to(dev);
     if (found_inf.defined()) fi = found_inf.to(dev);
     at::_foreach_add_(fg.s, 1);
+    const double lr = lrs[static_cast<size_t>(std::get<3>(key))];
     at::_fused_adamw_(fg.p, fg.g, fg.m, fg.v, /*max_exp_avg_sqs=*/{}, fg.s, lr, cfg_.beta1,
                       cfg_.beta2, std::get<2>(key) ? cfg_.weight_decay : 0.0, cfg_.eps,
                       /*amsgrad=*/false, /*maximize=*/false, gs, fi);
@@ -180,7 +191,8 @@ void AdamW::step_fused(double lr, const at::Tensor& grad_scale, const at::Tensor
   }
 }
 
-void AdamW::step_for_loop(double lr, const at::Tensor& grad_scale, const at::Tensor& found_inf) {
+void AdamW::step_for_loop(const std::vector<double>& lrs, const at::Tensor& grad_scale,
+                          const at::Tensor& found_inf) {
   if (found_inf.defined() && found_inf.item<double>() != 0.0) return;
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor p = params_[i].param;
@@ -188,6 +200,7 @@ void AdamW::step_for_loop(double lr, const at::Tensor& grad_scale, const at::Ten
     if (!g.defined()) continue;
     if (grad_scale.defined()) g.div_(grad_scale.to(g.device()));
     State& s = state_[i];
+    const double lr = lrs[static_cast<size_t>(params_[i].lr_group)];
     // The op sequence of torch 2.11's _single_tensor_adam (decoupled_weight_decay=True), with
     // the scalars computed in double as Python does.
     s.step.add_(1);

@@ -20,6 +20,9 @@ struct NamedParameter {
   std::string name;
   at::Tensor param;
   bool decay = true;  // weight decay applies (see decays())
+  // Index of the learning rate this parameter uses in step(group_lrs) (HF parameter groups with
+  // their own "lr", e.g. LLaVA's mm_projector_lr group); 0 is the main learning rate.
+  int lr_group = 0;
 };
 
 // Whether weight decay applies to the parameter with this (checkpoint) name: not for biases
@@ -62,6 +65,9 @@ class AdamW {
   // counters are rolled back by found_inf, as torch does); the for-loop kernel unscales with a
   // division and reads found_inf on the host. Without them, unscaling is the loss scaler's job.
   void step(double lr, const at::Tensor& grad_scale = {}, const at::Tensor& found_inf = {});
+  // The same with one learning rate per lr_group (group_lrs[p.lr_group]).
+  void step(const std::vector<double>& group_lrs, const at::Tensor& grad_scale = {},
+            const at::Tensor& found_inf = {});
   // Grads to undefined (set_to_none=True, as HF does).
   void zero_grad();
   // Number of step() calls (the host never reads found_inf on the fused path, so a step skipped
@@ -87,8 +93,10 @@ class AdamW {
     at::Tensor exp_avg, exp_avg_sq, step;  // undefined until the first step with a grad
   };
   void ensure_state(size_t i);
-  void step_fused(double lr, const at::Tensor& grad_scale, const at::Tensor& found_inf);
-  void step_for_loop(double lr, const at::Tensor& grad_scale, const at::Tensor& found_inf);
+  void step_fused(const std::vector<double>& lrs, const at::Tensor& grad_scale,
+                  const at::Tensor& found_inf);
+  void step_for_loop(const std::vector<double>& lrs, const at::Tensor& grad_scale,
+                     const at::Tensor& found_inf);
 
   std::vector<NamedParameter> params_;
   std::vector<State> state_;

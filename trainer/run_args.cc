@@ -105,6 +105,23 @@ cli::ArgParser make_parser() {
             "output_dir)")
       .flag("progress", Kind::kString, "auto", "auto | bar | plain | none")
       .flag("num_threads", Kind::kInt, "0", "CPU compute threads (0: libtorch's default)")
+      // LoRA
+      .flag("lora_enable", Kind::kBool, "false",
+            "finetune with LoRA adapters on the LLM (frozen) + full projector and resampler; "
+            "writes a PEFT adapter folder")
+      .flag("lora_r", Kind::kInt, "64", "LoRA rank")
+      .flag("lora_alpha", Kind::kFloat, "16", "LoRA alpha (scaling alpha / r)")
+      .flag("lora_dropout", Kind::kFloat, "0.05", "dropout on the LoRA input")
+      .flag("lora_target_modules", Kind::kString, "",
+            "comma-separated layer names (default: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+            "down_proj = every linear of the LLM, as MGM's find_all_linear_names)")
+      .flag("use_rslora", Kind::kBool, "false", "rank-stabilised scaling alpha / sqrt(r)")
+      .flag("lora_bias", Kind::kString, "none", "none (MGM trains no LoRA biases)")
+      .flag("lora_adapter", Kind::kString, "",
+            "start from this PEFT adapter folder (its config and weights; its "
+            "non_lora_trainables.bin too when present)")
+      .flag("mm_projector_lr", Kind::kString, "",
+            "learning rate of the mm_projector's own parameter group (default: --learning_rate)")
       // data parallelism
       .flag("nproc_per_node", Kind::kInt, "0",
             "start N worker processes on this machine (one per GPU with --device cuda) and "
@@ -238,6 +255,38 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   a.resume_from_checkpoint = p.str("resume_from_checkpoint");
   a.progress = p.str("progress");
   a.num_threads = p.integer("num_threads");
+  a.lora_enable = p.boolean("lora_enable");
+  a.lora_r = p.integer("lora_r");
+  a.lora_alpha = p.number("lora_alpha");
+  a.lora_dropout = p.number("lora_dropout");
+  a.lora_target_modules = p.str("lora_target_modules");
+  a.use_rslora = p.boolean("use_rslora");
+  a.lora_adapter = p.str("lora_adapter");
+  if (!p.str("mm_projector_lr").empty() && p.str("mm_projector_lr") != "None") {
+    try {
+      size_t pos = 0;
+      a.mm_projector_lr = std::stod(p.str("mm_projector_lr"), &pos);
+      if (pos != p.str("mm_projector_lr").size()) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      throw UsageError(str_cat("--mm_projector_lr: expected a number, got '", p.str("mm_projector_lr"), "'"));
+    }
+    if (a.mm_projector_lr < 0) throw UsageError("--mm_projector_lr must be >= 0");
+  }
+  if (p.str("lora_bias") != "none")
+    throw UsageError(str_cat("--lora_bias ", p.str("lora_bias"), ": only none is supported"));
+  const bool lora_flags = p.given("lora_r") || p.given("lora_alpha") || p.given("lora_dropout") ||
+                          p.given("lora_target_modules") || p.given("use_rslora") ||
+                          !a.lora_adapter.empty();
+  if (!a.lora_enable && lora_flags)
+    throw UsageError("--lora_r/--lora_alpha/--lora_dropout/--lora_target_modules/--use_rslora/"
+                     "--lora_adapter need --lora_enable true");
+  if (a.lora_enable) {
+    if (a.stage != Stage::kFinetune)
+      throw UsageError("--lora_enable: LoRA is for --stage finetune (pretraining already freezes the LLM)");
+    if (a.lora_r <= 0) throw UsageError(str_cat("--lora_r must be positive, got ", a.lora_r));
+    if (!(a.lora_dropout >= 0 && a.lora_dropout < 1))
+      throw UsageError(str_cat("--lora_dropout must lie in [0, 1), got ", a.lora_dropout));
+  }
   a.nproc_per_node = p.integer("nproc_per_node");
   a.master_port = p.integer("master_port");
   a.ddp_backend = p.str("ddp_backend");
@@ -379,8 +428,17 @@ Json TrainArgs::to_json() const {
   j["gradient_checkpointing"] = gradient_checkpointing;
   j["device"] = device;
   j["world_size"] = world_size();
-  j["zero_stage"] = zero_stage;
-  j["ddp_bucket_cap_mb"] = ddp_bucket_cap_mb;
+  if (lora_enable) {  // absent otherwise, so runs without LoRA record what they always did
+    j["lora_enable"] = true;
+    j["lora_r"] = lora_r;
+    j["lora_alpha"] = lora_alpha;
+    j["lora_dropout"] = lora_dropout;
+    j["lora_target_modules"] = lora_target_modules;
+    j["use_rslora"] = use_rslora;
+    j["lora_adapter"] = lora_adapter;
+  }
+  if (mm_projector_lr >= 0) j["mm_projector_lr"] = mm_projector_lr;
+  if (zero_stage != 0) j["zero_stage"] = zero_stage;  // absent otherwise, as before
   return j;
 }
 
@@ -393,12 +451,16 @@ std::vector<std::string> resume_incompatibilities(const Json& saved, const Json&
                                 "gradient_accumulation_steps", "learning_rate", "weight_decay",
                                 "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                                 "warmup_ratio", "warmup_steps", "lr_scheduler_type", "seed", "bf16",
-                                "fp16", "world_size", "zero_stage"};
+                                "fp16", "world_size", "lora_enable", "lora_r", "lora_alpha",
+                                "lora_dropout", "lora_target_modules", "use_rslora",
+                                "mm_projector_lr", "zero_stage"};
   std::vector<std::string> out;
   for (const char* k : kKeys) {
     // Checkpoints from before a key existed hold its default.
-    const Json a = saved.contains(k) ? saved.at(k) : std::string(k) == "zero_stage" ? Json(0) : Json();
-    const Json b = now.contains(k) ? now.at(k) : Json();
+    // zero_stage is recorded only when not 0 (so plain runs record what they always did).
+    const Json absent = std::string(k) == "zero_stage" ? Json(0) : Json();
+    const Json a = saved.contains(k) ? saved.at(k) : absent;
+    const Json b = now.contains(k) ? now.at(k) : absent;
     if (a != b) out.push_back(str_cat(k, ": checkpoint ", a.dump(), ", now ", b.dump()));
   }
   return out;

@@ -60,6 +60,16 @@ struct TrainArgs {
   std::string resume_from_checkpoint;  // a checkpoint-N folder; default: newest in output_dir
   bool overwrite_output_dir = false;
   std::string progress = "auto";  // auto | bar | plain | none
+
+  // LoRA (finetune only, MGM's TrainingArguments names and defaults): adapters on the LLM's
+  // linear layers, the LLM frozen, projector + resampler trained fully.
+  bool lora_enable = false;
+  int64_t lora_r = 64;
+  double lora_alpha = 16, lora_dropout = 0.05;
+  std::string lora_target_modules;  // comma-separated; "" = every linear layer of the LLM
+  bool use_rslora = false;
+  std::string lora_adapter;      // start from this adapter folder (e.g. one made by peft)
+  double mm_projector_lr = -1;   // < 0: None (the projector uses learning_rate)
   int64_t num_threads = 0;        // CPU intra-op threads (0: libtorch's default)
 
   // Data parallelism (HF's ddp_* names). `launch` is where this process sits in the job, read

@@ -29,6 +29,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/ddp.h"
 #include "trainer/distributed.h"
+#include "trainer/lora_training.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
@@ -284,7 +285,9 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   if (!resume_dir.empty() && !path_exists(path_join(resume_dir, kTrainerStateFile)))
     throw UsageError(str_cat("--resume_from_checkpoint ", resume_dir, ": not a complete checkpoint (no ",
                              kTrainerStateFile, ")"));
-  const std::string final_marker = a.stage == Stage::kPretrain ? "mm_projector.bin" : "model.safetensors.index.json";
+  const std::string final_marker = a.stage == Stage::kPretrain ? "mm_projector.bin"
+                                   : a.lora_enable              ? "adapter_model.safetensors"
+                                                                : "model.safetensors.index.json";
   const std::string final_single = "model.safetensors";
   if (resume_dir.empty() && !a.overwrite_output_dir &&
       (path_exists(path_join(a.output_dir, final_marker)) || path_exists(path_join(a.output_dir, final_single))))
@@ -303,11 +306,17 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   model->set_trainable(stage);
   if (a.gradient_checkpointing) model->llm->set_gradient_checkpointing(true);
   // Frozen modules run in the compute dtype (no master copy needed); trainable ones keep fp32
-  // master weights under autocast.
+  // master weights under autocast. With LoRA the LLM is frozen too (its adapters, attached
+  // after the cast, stay fp32).
   if (amp) {
     model->vision_tower->to(*amp);
     model->vision_tower_aux->to(*amp);
-    if (stage == models::MgmStage::kPretrain) model->llm->to(*amp);
+    if (stage == models::MgmStage::kPretrain || a.lora_enable) model->llm->to(*amp);
+  }
+  models::LoraConfig lora_cfg;
+  if (a.lora_enable) {
+    lora_cfg = lora_config_for(a);
+    setup_lora(model, lora_cfg, a);
   }
   model->to(device);
   model->train();
@@ -317,7 +326,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   int64_t n_trainable = 0;
   for (const auto& p : model->named_parameters(true)) {
     if (!p.value().requires_grad()) continue;
-    params.push_back({p.key(), p.value(), decays(p.key())});
+    params.push_back({p.key(), p.value(), decays(p.key()), lr_group_of(p.key(), a)});
     trainable.push_back(p.value());
     n_trainable += p.value().numel();
   }
@@ -541,7 +550,12 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
     grad_norm = optimizer.clip_grad_norm(overflow ? 0.0 : a.max_grad_norm);
     unchecked.emplace_back(global_step, step_ids);
     if (check_each_step && !overflow) check_finite(step_loss);
-    if (!overflow) optimizer.step(lr);
+    if (!overflow) {
+      if (a.mm_projector_lr >= 0)  // HF's LambdaLR scales each group's own initial lr
+        optimizer.step({lr, a.mm_projector_lr * lr_lambda(sched, global_step)});
+      else
+        optimizer.step(lr);
+    }
     if (a.fp16) {
       scaler.update(overflow);
       if (overflow) log::warn("fp16 overflow at step ", global_step + 1, ": step skipped, loss scale now ", scaler.scale());
@@ -595,6 +609,8 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
         for (const auto& p : params) tw.emplace_back(p.name, p.param.detach().to(at::kCPU).contiguous());
         models::io::save_safetensors(w->file("trainable.safetensors"), tw);
         if (a.stage == Stage::kPretrain) models::save_mm_projector_bin(model, w->file("mm_projector.bin"));
+        if (a.lora_enable)  // the adapter as of this step, usable with --model-base like the final one
+          save_lora_outputs(model, lora_cfg, Json(), [&w](const std::string& f) { return w->file(f); });
       }
       if (main_rank || optimizer.sharded()) {
         models::io::NamedTensors os;
@@ -639,6 +655,11 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   if (a.stage == Stage::kPretrain) {
     models::save_mm_projector_bin(model, path_join(a.output_dir, "mm_projector.bin"));
     write_json_file(path_join(a.output_dir, "config.json"), cfg_json);
+  } else if (a.lora_enable) {
+    if (a.mm_projector_lr >= 0) cfg_json["mm_projector_lr"] = a.mm_projector_lr;
+    copy_tokenizer_files(a.tokenizer, a.output_dir);
+    save_lora_outputs(model, lora_cfg, cfg_json,
+                      [&a](const std::string& f) { return path_join(a.output_dir, f); });
   } else {
     const at::ScalarType out_dtype = amp ? *amp : at::kFloat;
     cfg_json["torch_dtype"] = out_dtype == at::kBFloat16 ? "bfloat16" : out_dtype == at::kHalf ? "float16" : "float32";
@@ -752,7 +773,9 @@ int train_main(const std::vector<std::string>& argv) {
               r.skipped_samples > 0 ? str_cat("; ", r.skipped_samples, " samples skipped").c_str() : "");
   std::printf("outputs in %s: %s, metrics.jsonl, loss.png, train_results.json\n", a.output_dir.c_str(),
               a.stage == Stage::kPretrain ? "mm_projector.bin + config.json"
-                                          : "config.json + model safetensors + tokenizer");
+              : a.lora_enable ? "config.json + adapter_config.json + adapter_model.safetensors + "
+                                "non_lora_trainables.bin + tokenizer"
+                              : "config.json + model safetensors + tokenizer");
   return 0;
 }
 

@@ -11,7 +11,9 @@
 #include "common/files.h"
 #include "common/json.h"
 #include "common/strings.h"
+#include "data/py_random.h"
 #include "eval/scoring/jsonl.h"
+#include "eval/scoring/mmbench_judge.h"
 #include "eval/scoring/py_text.h"
 
 namespace mgm::eval {
@@ -214,8 +216,10 @@ std::string percent(size_t hits, size_t n) {
 }
 
 std::string rule_label(const MmbRowResult& r) {
-  std::string s =
-      r.inferred.letter.empty() ? "unresolved" : r.inferred.rule + " -> " + r.inferred.letter;
+  std::string s = r.resolved_by == "judge"          ? "judge -> " + r.letter
+                  : r.resolved_by == "judge-failed" ? "judge failed, random guess -> " + r.letter
+                  : r.inferred.letter.empty()       ? "unresolved"
+                                                    : r.inferred.rule + " -> " + r.inferred.letter;
   if (!r.has_prediction) s += " (no prediction)";
   return s;
 }
@@ -266,7 +270,7 @@ std::vector<MmbQuestion> read_mmbench_questions(const std::string& tsv_path) {
     return it == cols.end() ? -1 : static_cast<int>(it - cols.begin());
   };
   const int c_index = col("index"), c_answer = col("answer"), c_cat = col("category"),
-            c_l2 = col("l2-category"), c_split = col("split");
+            c_l2 = col("l2-category"), c_split = col("split"), c_question = col("question");
   MGM_CHECK_FORMAT(
       c_index >= 0 && c_answer >= 0, tsv_path,
       "header needs 'index' and 'answer' columns; found: ", join(records[0].fields, ", "));
@@ -306,6 +310,8 @@ std::vector<MmbQuestion> read_mmbench_questions(const std::string& tsv_path) {
     };
     q.category = opt(c_cat);
     q.l2_category = opt(c_l2);
+    q.has_question = c_question >= 0;
+    if (q.has_question) q.question = opt(c_question);
     q.split = opt(c_split);
     out.push_back(std::move(q));
   }
@@ -340,9 +346,17 @@ std::string mmbench_l2_abbreviation(const std::string& l2) {
 }
 
 MmbenchScore score_mmbench(const std::string& question_file, const std::string& result_file,
-                           McqMatcher matcher) {
+                           McqMatcher matcher, McqJudge* judge) {
   MmbenchScore s;
   s.matcher = matcher;
+  s.judged = judge != nullptr;
+  if (judge != nullptr) {
+    s.judge_model = judge->options().model;
+    s.judge_url = judge->options().url;
+    s.judge_cache = judge->options().cache_path;
+  }
+  // multiple_choice_eval seeds Python's random before scoring; only the judge path draws from it.
+  data::PyRandom rd(kJudgeSeed);
   s.question_file = question_file;
   s.result_file = result_file;
   const auto questions = read_mmbench_questions(question_file);
@@ -400,14 +414,39 @@ MmbenchScore score_mmbench(const std::string& question_file, const std::string& 
       // NaN and turns into the text "nan".
       r.prediction = r.has_prediction ? p->second : "nan";
       r.inferred = can_infer(r.prediction, q.choices, matcher);
+      r.letter = r.inferred.letter;
+      r.resolved_by = r.letter.empty() ? "unresolved" : "rule";
       if (!r.inferred.letter.empty() && r.inferred.letter != q.answer) wrong = true;
       if (r.inferred.letter != q.answer) all_right = false;
       gr.rows.push_back(std::move(r));
     }
     gr.status = wrong ? "wrong" : all_right ? "right" : "unresolved";
+    if (gr.status == "unresolved" && judge != nullptr) {
+      // eval_sub_data: the rows the rules left open go to the judge in order; the first one
+      // extracted as anything but the answer decides the question (the rest are not judged).
+      gr.status = "right";
+      for (size_t k = 0; k < rows.size(); ++k) {
+        MmbRowResult& r = gr.rows[k];
+        if (!r.letter.empty()) continue;
+        const MmbQuestion& q = questions[rows[k]];
+        const std::string what = str_cat(question_file, " line ", q.line, " (index ", q.index, ")");
+        MGM_CHECK_FORMAT(q.has_question, question_file,
+                         "the judge needs a 'question' column (for the prompt)");
+        McqJudgeResult jr =
+            judge_mcq_answer(*judge, q.question, q.choices, r.prediction, matcher, rd, what);
+        r.letter = jr.letter;
+        r.resolved_by = jr.resolved_by;
+        r.judge_replies = std::move(jr.replies);
+        if (r.letter != q.answer) {
+          gr.status = "wrong";
+          break;
+        }
+      }
+    }
     gr.hit = gr.status == "right";
     s.groups.push_back(std::move(gr));
   }
+  if (judge != nullptr) s.judge_stats = judge->stats();
 
   std::set<std::string> splits, l2s, cats;
   for (const auto& g : s.groups) {
@@ -477,8 +516,12 @@ std::string mmbench_terminal_report(const MmbenchScore& s) {
       ++rules[r.inferred.letter.empty() ? "unresolved" : r.inferred.rule];
   }
   os << "MMBench circular evaluation: " << s.groups.size() << " questions, " << s.rows
-     << " rows (matcher " << mcq_matcher_name(s.matcher)
-     << ", exact matching; no LLM judge, unresolved answers count as wrong)\n";
+     << " rows (matcher " << mcq_matcher_name(s.matcher);
+  if (s.judged)
+    os << ", LLM judge '" << s.judge_model << "' at " << s.judge_url
+       << " for answers the rules cannot resolve)\n";
+  else
+    os << ", exact matching; no LLM judge, unresolved answers count as wrong)\n";
   os << "answers: " << s.answer_lines << " lines";
   if (s.duplicate_answers) os << ", " << s.duplicate_answers << " repeated ids (last line kept)";
   os << "\n";
@@ -515,6 +558,20 @@ std::string mmbench_terminal_report(const MmbenchScore& s) {
   os << "answers resolved by:";
   for (const auto& [rule, n] : rules) os << " " << rule << "=" << n;
   os << "\n";
+  if (s.judged) {
+    size_t judged = 0, failed = 0;
+    for (const auto& g : s.groups)
+      for (const auto& r : g.rows) {
+        judged += r.resolved_by == "judge";
+        failed += r.resolved_by == "judge-failed";
+      }
+    const JudgeStats& j = s.judge_stats;
+    os << "judge: " << judged << " answers extracted by the judge, " << failed
+       << " judge-failed (random guess, as the reference); " << j.calls << " calls ("
+       << j.cache_hits << " from the cache), " << j.http_requests << " HTTP requests, "
+       << j.failed_tries << " failed tries\n";
+    if (!s.judge_cache.empty()) os << "judge replies cached in " << s.judge_cache << "\n";
+  }
   return os.str();
 }
 
@@ -539,15 +596,19 @@ std::string mmbench_acc_csv(const MmbenchScore& s) {
 std::string mmbench_result_csv(const MmbenchScore& s) {
   std::ostringstream os;
   os << "index,group,split,category,l2-category,answer,prediction,has_prediction,extracted,rule,"
-        "group_status,hit\n";
+        "group_status,hit,resolved,judge_replies\n";
   for (const auto& g : s.groups)
-    for (const auto& r : g.rows)
+    for (const auto& r : g.rows) {
+      std::string replies;
+      if (!r.judge_replies.empty())
+        replies = Json(r.judge_replies).dump(-1, ' ', false, Json::error_handler_t::replace);
       os << r.index << "," << g.index << "," << csv_field(g.split) << "," << csv_field(g.category)
          << "," << csv_field(g.l2_category) << "," << csv_field(r.answer) << ","
          << csv_field(r.prediction) << "," << (r.has_prediction ? 1 : 0) << ","
-         << csv_field(r.inferred.letter) << ","
+         << csv_field(r.letter) << ","
          << (r.inferred.letter.empty() ? "unresolved" : r.inferred.rule) << "," << g.status << ","
-         << (g.hit ? 1 : 0) << "\n";
+         << (g.hit ? 1 : 0) << "," << r.resolved_by << "," << csv_field(replies) << "\n";
+    }
   return os.str();
 }
 
@@ -555,8 +616,13 @@ std::string mmbench_markdown(const MmbenchScore& s) {
   std::ostringstream os;
   os << "# MMBench results\n\n";
   os << "- questions: `" << s.question_file << "`\n- answers: `" << s.result_file << "`\n";
-  os << "- matcher: " << mcq_matcher_name(s.matcher)
-     << " rules, exact matching (no LLM judge; unresolved answers count as wrong)\n";
+  os << "- matcher: " << mcq_matcher_name(s.matcher) << " rules, ";
+  if (s.judged)
+    os << "LLM judge `" << md_cell(s.judge_model, 80) << "` at `" << s.judge_url
+       << "` for the answers the rules cannot resolve (" << s.judge_stats.calls << " calls, "
+       << s.judge_stats.cache_hits << " from the cache)\n";
+  else
+    os << "exact matching (no LLM judge; unresolved answers count as wrong)\n";
   os << "- " << s.groups.size() << " questions, " << s.rows << " rows, " << s.answer_lines
      << " answer lines, " << s.missing_predictions.size() << " rows without an answer, "
      << s.unknown_predictions.size() << " answers for unknown ids\n\n";
@@ -583,14 +649,18 @@ std::string mmbench_markdown(const MmbenchScore& s) {
   return os.str();
 }
 
-std::vector<std::string> write_mmbench_reports(const MmbenchScore& s, const std::string& out_dir) {
-  std::string dir = out_dir.empty() ? parent_dir(s.result_file) : out_dir;
+std::string mmbench_output_path(const std::string& result_file, const std::string& out_dir,
+                                const std::string& suffix) {
+  std::string dir = out_dir.empty() ? parent_dir(result_file) : out_dir;
   if (dir.empty()) dir = ".";
-  make_dirs(dir);
-  const std::string stem = stem_of(s.result_file);
-  std::vector<std::string> paths = {path_join(dir, stem + "_acc.csv"),
-                                    path_join(dir, stem + "_result.csv"),
-                                    path_join(dir, stem + "_report.md")};
+  return path_join(dir, stem_of(result_file) + suffix);
+}
+
+std::vector<std::string> write_mmbench_reports(const MmbenchScore& s, const std::string& out_dir) {
+  std::vector<std::string> paths = {mmbench_output_path(s.result_file, out_dir, "_acc.csv"),
+                                    mmbench_output_path(s.result_file, out_dir, "_result.csv"),
+                                    mmbench_output_path(s.result_file, out_dir, "_report.md")};
+  make_dirs(parent_dir(paths[0]));
   write_file_atomic(paths[0], mmbench_acc_csv(s));
   write_file_atomic(paths[1], mmbench_result_csv(s));
   write_file_atomic(paths[2], mmbench_markdown(s));

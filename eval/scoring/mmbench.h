@@ -1,6 +1,7 @@
-// MMBench scoring as VLMEvalKit's circular evaluation does it with exact matching (no LLM
-// judge): rule-based answer extraction (can_infer), groups of rows sharing index % 1,000,000,
-// accuracy overall, per l2-category and per category, and per-answer resolution logs.
+// MMBench scoring as VLMEvalKit's circular evaluation does it: rule-based answer extraction
+// (can_infer), optionally an LLM judge for the answers the rules cannot resolve
+// (eval/scoring/mmbench_judge.h), groups of rows sharing index % 1,000,000, accuracy overall, per
+// l2-category and per category, and per-answer resolution logs.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +43,8 @@ struct MmbQuestion {
   size_t line = 0;                 // line in the TSV where the row starts
   std::vector<McqChoice> choices;  // options present (not NA), in letter order
   std::string answer, category, l2_category, split;
+  std::string question;  // the question column ("nan" when NA; empty when there is none)
+  bool has_question = false;
 };
 
 // pandas.read_table semantics that matter here: header row, tabs, '"'-quoted fields (which may
@@ -68,7 +71,12 @@ struct MmbRowResult {
   std::string answer;  // ground truth letter
   bool has_prediction = false;
   std::string prediction;  // "nan" when missing (what the reference pipeline scores)
-  McqInference inferred;
+  McqInference inferred;   // what the rules made of the prediction
+  std::string letter;      // the extracted option: the rules', else the judge's ("" if neither)
+  // "rule", "judge", "judge-failed" (every judge call failed: the reference's random guess) or
+  // "unresolved" (no judge, or the question was decided before this row was judged).
+  std::string resolved_by;
+  std::vector<std::string> judge_replies;
 };
 
 struct MmbGroupResult {
@@ -85,8 +93,19 @@ struct MmbAccuracy {
   std::map<std::string, std::pair<size_t, size_t>> by_split;  // split -> (hits, questions)
 };
 
+struct JudgeStats {
+  size_t calls = 0;          // judge calls (McqJudge::generate)
+  size_t cache_hits = 0;     // calls answered from the reply cache
+  size_t http_requests = 0;  // HTTP tries sent
+  size_t failed_tries = 0;   // tries without a usable reply
+  size_t failed_calls = 0;   // calls where every try failed
+};
+
 struct MmbenchScore {
   McqMatcher matcher = McqMatcher::k2024;
+  bool judged = false;  // an LLM judge was configured
+  std::string judge_model, judge_url, judge_cache;
+  JudgeStats judge_stats;
   std::string question_file, result_file;
   std::vector<MmbGroupResult> groups;
   std::vector<std::string> splits;    // sorted
@@ -96,10 +115,14 @@ struct MmbenchScore {
   std::vector<int64_t> unknown_predictions;  // answer lines whose question_id is not in the TSV
 };
 
+class McqJudge;
+
 // Reads the TSV and the answers JSONL ({"question_id": index, "text": ...}; a later line for the
 // same id replaces an earlier one, as convert_mmbench_for_submission.py does) and scores them.
+// With a judge, the questions the rules leave unresolved are settled as the reference does
+// (ascending index order, rows in order, stopping at the first row extracted wrong).
 MmbenchScore score_mmbench(const std::string& question_file, const std::string& result_file,
-                           McqMatcher matcher);
+                           McqMatcher matcher, McqJudge* judge = nullptr);
 
 // VLMEvalKit's l2-category abbreviations (CP, FP-S, FP-C, AR, RR, LR); unknown names unchanged.
 std::string mmbench_l2_abbreviation(const std::string& l2);
@@ -113,6 +136,10 @@ std::string mmbench_markdown(const MmbenchScore& s);
 // Writes <stem>_acc.csv, <stem>_result.csv and <stem>_report.md into out_dir (default: the
 // result file's folder); returns the paths written.
 std::vector<std::string> write_mmbench_reports(const MmbenchScore& s, const std::string& out_dir);
+// <out_dir or the result file's folder>/<result stem><suffix>: where the reports (and the judge's
+// reply cache, "_judge_cache.jsonl") go.
+std::string mmbench_output_path(const std::string& result_file, const std::string& out_dir,
+                                const std::string& suffix);
 
 // Python's repr() of a float (shortest round-trip digits), as pandas writes floats to CSV.
 std::string python_float_repr(double v);

@@ -3,7 +3,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -86,6 +89,36 @@ at::Tensor TensorFile::get(const std::string& name) const {
   return at::from_blob(
       base + static_cast<uint64_t>(r.storage_offset) * esize, r.sizes, r.strides,
       [keep](void*) mutable { keep.reset(); }, opts);
+}
+
+at::Tensor TensorFile::read(const std::string& name) const {
+  const TensorRecord& r = record(name);
+  const auto opts = at::TensorOptions().dtype(to_scalar_type(r.dtype)).device(at::kCPU);
+  if (r.numel() == 0) return at::empty(r.sizes, opts);
+  // The span of storage elements the view reaches (strides are non-negative in both formats).
+  int64_t last = r.storage_offset;
+  for (size_t k = 0; k < r.sizes.size(); ++k) last += (r.sizes[k] - 1) * r.strides[k];
+  const int64_t count = last - r.storage_offset + 1;
+  const size_t esize = dtype_size(r.dtype);
+  at::Tensor buf = at::empty({count}, opts);
+  const int fd = ::open(path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(str_cat(path(), ": cannot open: ", std::strerror(errno)));
+  auto* dst = static_cast<char*>(buf.data_ptr());
+  uint64_t off = r.data_offset + static_cast<uint64_t>(r.storage_offset) * esize;
+  size_t left = static_cast<size_t>(count) * esize;
+  while (left > 0) {
+    const ssize_t n = ::pread(fd, dst, left, static_cast<off_t>(off));
+    if (n <= 0) {
+      const std::string e = n < 0 ? std::strerror(errno) : "unexpected end of file";
+      ::close(fd);
+      throw Error(str_cat(path(), ": cannot read tensor '", name, "': ", e));
+    }
+    dst += n;
+    off += static_cast<uint64_t>(n);
+    left -= static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return buf.as_strided(r.sizes, r.strides, 0);
 }
 
 // -- TensorStore ----------------------------------------------------------------------------------
@@ -187,6 +220,12 @@ at::Tensor TensorStore::get(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) throw Error(str_cat(source_, ": no tensor named '", name, "'"));
   return files_[it->second]->get(name);
+}
+
+at::Tensor TensorStore::read(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) throw Error(str_cat(source_, ": no tensor named '", name, "'"));
+  return files_[it->second]->read(name);
 }
 
 std::vector<std::string> TensorStore::skipped() const {

@@ -36,6 +36,9 @@ class TensorFile {
   std::vector<std::string> names() const;
   // A CPU tensor viewing the mapped bytes (copy-on-write; the file is never modified).
   at::Tensor get(const std::string& name) const;
+  // The tensor's bytes read (pread) into new memory without touching the map, so streaming
+  // jobs hold one tensor at a time instead of accumulating the file's pages.
+  at::Tensor read(const std::string& name) const;
 
  private:
   std::shared_ptr<MappedFile> map_;
@@ -56,6 +59,7 @@ class TensorStore {
   const TensorRecord& record(const std::string& name) const;
   const std::string& file_of(const std::string& name) const;
   at::Tensor get(const std::string& name) const;
+  at::Tensor read(const std::string& name) const;  // TensorFile::read
   std::vector<std::shared_ptr<TensorFile>> files() const { return files_; }
   // safetensors __metadata__ of the first file, plus the index's "metadata" (stringified).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }

@@ -121,5 +121,50 @@ TEST(Image, BadFilesNameThePath) {
   EXPECT_THROW(decode_image_file(d + "/empty.png"), Error);
 }
 
+// The resize paths (plain, padded without a canvas, and the whole uint8 pipeline) against PIL on
+// small random images with 1-pixel sides, extreme aspect ratios, up- and downscaling: every
+// pixel equal.
+TEST(Image, ResizePathsMatchPilOnRandomSizes) {
+  std::string d = test::temp_dir("imgresize");
+  std::string out;
+  ASSERT_EQ(
+      test::run_python(test::source_dir() + "/tests/parity/image_resize_reference.py " + d, &out),
+      0)
+      << out;
+  Ref ref;
+  ref.map = MappedFile::open(d + "/reference.safetensors");
+  ref.index = models::io::parse_safetensors(ref.map->data(), ref.map->size(), "reference");
+  Json cases = read_json_file(d + "/cases.json");
+  ASSERT_GE(cases.size(), 180u);
+  ImageProcessorConfig clip;
+  size_t checked = 0;
+  for (const auto& c : cases) {
+    const std::string key = c["key"].get<std::string>();
+    const std::string kind = c["kind"].get<std::string>();
+    RgbImage img = decode_image_file(c["file"].get<std::string>());
+    RgbImage got;
+    if (kind == "resize") {
+      got = resize_bicubic(img, c["w"].get<int>(), c["h"].get<int>());
+    } else if (kind == "padded") {
+      got = resize_bicubic_padded(img, clip.pad_color(), c["w"].get<int>(), c["h"].get<int>());
+    } else {
+      ImageProcessorConfig cfg;
+      cfg.shortest_edge = cfg.crop = c["size"].get<int>();
+      got = preprocess_uint8(img, cfg, parse_aspect_mode(c["mode"].get<std::string>()));
+    }
+    const auto& rec = ref.rec(key);
+    if (rec.sizes.size() != 3 || got.height != rec.sizes[0] || got.width != rec.sizes[1]) {
+      ADD_FAILURE() << key << ": got " << got.width << "x" << got.height;
+      continue;
+    }
+    const uint8_t* want = ref.bytes(key);
+    size_t diff = 0;
+    for (size_t i = 0; i < got.pixels.size(); ++i) diff += got.pixels[i] != want[i];
+    EXPECT_EQ(diff, 0u) << key << ": " << diff << " of " << got.pixels.size() << " values differ";
+    ++checked;
+  }
+  EXPECT_EQ(checked, cases.size());
+}
+
 }  // namespace
 }  // namespace mgm::data
