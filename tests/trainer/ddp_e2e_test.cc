@@ -213,8 +213,9 @@ TEST_F(DdpE2E, TwoRanksMatchOneRankAccumulating) {
   EXPECT_LE(max_weight_diff(root + "/one", root + "/two"), kWeightTol);
   // Rank 0 alone writes; the logged loss is the mean over both ranks, the one process's.
   expect_same_log(root + "/one", root + "/two");
-  // The same under the real torchrun (its agent serves the store), from the venv's torch.
-  ASSERT_EQ(test::run_command(str_cat(MGM_PYTHON,
+  // The same under the real torchrun (its agent serves the store), from the venv's torch;
+  // TMPDIR keeps the torchelastic_* folder it makes in the test's folder.
+  ASSERT_EQ(test::run_command(str_cat("TMPDIR=", root, " ", MGM_PYTHON,
                                       " -m torch.distributed.run --no-python --nproc_per_node 2 "
                                       "--master_port ",
                                       free_port(), " ", cmd(root + "/torchrun"), steps,
