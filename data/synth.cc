@@ -68,7 +68,6 @@ enum Stream : uint64_t {
   kTrainText = 3,
   kEvalText = 4,
   kTextOnly = 5,
-  kTextChoice = 6,
 };
 
 class Rng {
@@ -267,46 +266,6 @@ std::string choice_prompt(const std::string& hint, const Mcq& q, size_t rotation
 
 // ---------------------------------------------------------------------------------------------
 // Captions
-
-// A text-only multiple-choice turn: find an option by its content ("Which option is red?") or
-// by its category ("Which option is a colour?"). It trains, without an image, the second half of
-// an MMBench answer: from a fact to the letter of the option that states it.
-std::pair<std::string, std::string> text_choice_turn(Rng& r) {
-  const std::vector<std::pair<std::string, const std::vector<std::string>*>> categories = {
-      {"a colour", &synth_colours()},
-      {"a shape", &synth_shape_kinds()},
-      {"a position", &synth_positions()},
-      {"a word", &synth_words()}};
-  static const std::vector<std::string> numbers = {"1", "2", "3", "4", "5"};
-  Mcq q;
-  std::string answer;
-  const int n_options = 2 + r.below(3);
-  std::vector<std::string> distractors;
-  if (r.chance(1, 2)) {
-    const auto& pool = r.chance(1, 5) ? numbers : *r.pick(categories).second;
-    answer = r.pick(pool);
-    q.question = r.pick<std::string>({"Which option is " + answer + "?",
-                                      "Which option says \"" + answer + "\"?",
-                                      "Find " + answer + " among the options."});
-    for (const auto& p : pool)
-      if (p != answer) distractors.push_back(p);
-  } else {
-    const size_t c = static_cast<size_t>(r.below(static_cast<int>(categories.size())));
-    answer = r.pick(*categories[c].second);
-    q.question = "Which option is " + categories[c].first + "?";
-    for (size_t k = 0; k < categories.size(); ++k)
-      if (k != c) distractors.push_back(r.pick(*categories[k].second));
-  }
-  r.shuffle(distractors);
-  q.options.push_back(answer);
-  for (int i = 1; i < n_options && static_cast<size_t>(i) <= distractors.size(); ++i)
-    q.options.push_back(distractors[static_cast<size_t>(i - 1)]);
-  r.shuffle(q.options);
-  q.answer = static_cast<size_t>(std::find(q.options.begin(), q.options.end(), answer) -
-                                 q.options.begin());
-  return {choice_prompt("", q, 0) + "\n" + kOptionLetterSuffix,
-          std::string(1, static_cast<char>('A' + q.answer))};
-}
 
 // MMBench-style hints, used by the evaluation set and (so the model has seen the layout) by some
 // of the finetuning set's multiple-choice questions.
@@ -780,8 +739,7 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
       "What is shown in this picture?", "Write a brief description of the image.",
       "Summarise the picture in one sentence."};
   const int text_only_every = 20;  // about 5% text-only samples, as in LLaVA's mix
-  const int text_choice_every = 3;  // text-only option-letter drills (short: cheap to train on)
-  size_t text_only_index = 0, text_choice_index = 0;
+  size_t text_only_index = 0;
   for (int i = 0; i < o.size; ++i) {
     const SynthScene s = plan_synth_scene(o.seed, SynthSplit::kTrain, i, o.image_size);
     const std::string id = image_name(i);
@@ -875,24 +833,6 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
       t["conversations"] = std::move(tconv);
       finetune.push_back(std::move(t));
       ++text_only_index;
-      ++sum.finetune_text_only;
-    }
-    if ((i + 1) % text_choice_every == 0) {
-      Rng tr(o.seed, kTextChoice, text_choice_index);
-      OrderedJson tconv = OrderedJson::array();
-      const int n = 2 + tr.below(2);
-      for (int k = 0; k < n; ++k) {
-        const auto [question, answer] = text_choice_turn(tr);
-        corpus.push_back(question);
-        tconv.push_back(turn("human", question));
-        tconv.push_back(turn("gpt", answer));
-        ++sum.finetune_turns;
-      }
-      OrderedJson t = OrderedJson::object();
-      t["id"] = "choice_" + image_name(static_cast<int>(text_choice_index));
-      t["conversations"] = std::move(tconv);
-      finetune.push_back(std::move(t));
-      ++text_choice_index;
       ++sum.finetune_text_only;
     }
   }

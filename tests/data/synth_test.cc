@@ -309,45 +309,12 @@ TEST(Synth, FinetuneConversationsTokenizeAndAnswerShortly) {
     EXPECT_GT(supervised, 0u);
     for (int64_t id : t.input_ids) EXPECT_NE(id, tok.unk_id());
   }
-  // Every 20th image is followed by a text-only sample, every 3rd by a text-only
-  // multiple-choice drill.
-  EXPECT_EQ(text_only, 2u + 13u);
-  EXPECT_EQ(ft.size(), 40u + 2u + 13u);
+  EXPECT_EQ(text_only, 2u);  // every 20th image is followed by a text-only sample
+  EXPECT_EQ(ft.size(), 42u);
 }
 
 // The benchmarks ask one question right after the image; the finetuning set must put every
 // kind of question there, not only colour and shape ones (a model learns the position shortcut).
-// The text-only option drills: well-formed prompts whose answer letter names the option that
-// the question asks for.
-TEST(Synth, TextChoiceDrillsAnswerTheAskedOption) {
-  const std::string& d = dataset();
-  const auto& colours = synth_colours();
-  size_t drills = 0;
-  for (const Sample& s : read_llava(d + "/finetune.json")) {
-    if (!starts_with(s.id, "choice_")) continue;
-    ++drills;
-    EXPECT_FALSE(s.has_image());
-    for (size_t t = 0; t + 1 < s.conversations.size(); t += 2) {
-      const std::vector<std::string> lines = split(s.conversations[t].value, '\n');
-      ASSERT_GE(lines.size(), 4u) << s.conversations[t].value;
-      EXPECT_EQ(lines.back(), "Answer with the option's letter from the given choices directly.");
-      const std::string& letter = s.conversations[t + 1].value;
-      ASSERT_EQ(letter.size(), 1u);
-      const size_t k = static_cast<size_t>(letter[0] - 'A') + 1;
-      ASSERT_LT(k, lines.size() - 1) << s.conversations[t].value;
-      const std::string option = lines[k].substr(3);
-      const std::string& q = lines[0];
-      if (q == "Which option is a colour?") {
-        EXPECT_NE(std::find(colours.begin(), colours.end(), option), colours.end()) << option;
-      } else if (q.find("a shape?") == std::string::npos && q.find("a position?") == std::string::npos &&
-                 q.find("a word?") == std::string::npos) {
-        EXPECT_NE(q.find(option), std::string::npos) << q << " -> " << option;
-      }
-    }
-  }
-  EXPECT_EQ(drills, 13u);
-}
-
 TEST(Synth, FirstTurnsCoverEveryQuestionKind) {
   const std::string& d = dataset();
   std::set<std::string> first;
