@@ -315,17 +315,53 @@ TEST(Synth, FinetuneConversationsTokenizeAndAnswerShortly) {
 
 // The benchmarks ask one question right after the image; the finetuning set must put every
 // kind of question there, not only colour and shape ones (a model learns the position shortcut).
+// Multiple-choice turns: with MMBench's answer-format line the answer is a letter naming an
+// option; without it the answer is the text of exactly one option (what VLMEvalKit's matcher maps
+// back to that letter). Both forms occur.
+TEST(Synth, ChoiceTurnsAnswerWithTheLetterOrTheOptionText) {
+  const std::string& d = dataset();
+  const std::string suffix = "Answer with the option's letter from the given choices directly.";
+  size_t letters = 0, texts = 0;
+  for (const Sample& s : read_llava(d + "/finetune.json")) {
+    for (size_t t = 0; t + 1 < s.conversations.size(); t += 2) {
+      const std::vector<std::string> lines = split(s.conversations[t].value, '\n');
+      std::vector<std::string> options;
+      for (const auto& l : lines)
+        if (l.size() > 3 && l[0] >= 'A' && l[0] <= 'D' && l[1] == '.' && l[2] == ' ')
+          options.push_back(l.substr(3));
+      if (options.empty()) continue;
+      SCOPED_TRACE(s.id + ": " + s.conversations[t].value);
+      const std::string& answer = s.conversations[t + 1].value;
+      if (lines.back() == suffix) {
+        ++letters;
+        ASSERT_EQ(answer.size(), 1u);
+        EXPECT_LT(static_cast<size_t>(answer[0] - 'A'), options.size());
+      } else {
+        ++texts;
+        EXPECT_EQ(std::count(options.begin(), options.end(), answer), 1) << answer;
+      }
+    }
+  }
+  EXPECT_GT(letters, 0u);
+  EXPECT_GT(texts, letters);
+}
+
 TEST(Synth, FirstTurnsCoverEveryQuestionKind) {
   const std::string& d = dataset();
   std::set<std::string> first;
   for (const Sample& s : read_llava(d + "/finetune.json")) {
     if (!s.has_image()) continue;
     const std::string& q = s.conversations[0].value;
-    if (q.find("Answer with the option's letter") != std::string::npos) first.insert("choice");
-    else if (q.find("How many") != std::string::npos) first.insert("count");
-    else if (q.find("Where") != std::string::npos) first.insert("position");
-    else if (q.find("colour") != std::string::npos) first.insert("colour");
-    else first.insert("other");
+    if (q.find("Answer with the option's letter") != std::string::npos)
+      first.insert("choice");
+    else if (q.find("How many") != std::string::npos)
+      first.insert("count");
+    else if (q.find("Where") != std::string::npos)
+      first.insert("position");
+    else if (q.find("colour") != std::string::npos)
+      first.insert("colour");
+    else
+      first.insert("other");
   }
   EXPECT_EQ(first.size(), 5u) << join(std::vector<std::string>(first.begin(), first.end()), ", ");
 }
