@@ -5,6 +5,7 @@
 #  2. step time of the real MGM-2B shapes (random init from configs/models/mgm_2b.json) with the
 #     gradient all-reduce overlapping backward (25 MB buckets, launched from the gradient hooks)
 #     and without (one bucket, which can only go once backward is over).
+# Needs scripts/gpu/data/ (scripts/gpu/prepare_data.sh on a development machine, carried).
 # Prints one line per check. DEVICE=cpu MODEL_CONFIG=configs/models/tiny.json runs the same
 # steps on a CPU machine (Gloo) as a dry run.
 set -euo pipefail
@@ -21,7 +22,8 @@ precision=(--bf16)
 [[ "$device" == cpu ]] && precision=()
 
 rm -rf "$out"
-"$build/eval/mgm" data synth --out "$out/data" --seed 3 --size 64 --eval_size 8 --vocab_size 512 --overwrite >/dev/null
+[[ -f "$here/data/small/synth.json" ]] || { echo "[ddp_check] ERROR: $here/data/small missing: run scripts/gpu/prepare_data.sh on a development machine (the GPU build has no OpenCV to draw it) and carry scripts/gpu/data" >&2; exit 1; }
+mkdir -p "$out"; cp -r "$here/data/small" "$out/data"
 data=(--tokenizer "$out/data/tokenizer/tokenizer.model" --data_path "$out/data/finetune.json"
       --image_folder "$out/data/images" --dataloader_num_workers 2 --logging_steps 1 --progress none
       --seed 5 --device "$device" "${precision[@]}")
