@@ -25,40 +25,26 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import CLIPImageProcessor  # noqa: E402
 
-MEAN = [0.48145466, 0.4578275, 0.40821073]
-STD = [0.26862954, 0.26130258, 0.27577711]
+# MGM's expand2square and CLIPImageProcessor setup, shared with the image parity tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "parity"))
+from clip_image_reference import clip_processor, expand2square  # noqa: E402
 
 PROC = None
 SIZES = None
-
-
-def expand2square(img, bg):
-    w, h = img.size
-    if w == h:
-        return img
-    if w > h:
-        out = Image.new(img.mode, (w, w), bg)
-        out.paste(img, (0, (w - h) // 2))
-        return out
-    out = Image.new(img.mode, (h, h), bg)
-    out.paste(img, ((h - w) // 2, 0))
-    return out
 
 
 def init(size, lr_size):
     global PROC, SIZES
     torch.set_num_threads(1)
     # The CLIP-ViT-L/14-336 processor config with MGM's aux size written into it.
-    PROC = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                              resample=3, image_mean=MEAN, image_std=STD, do_convert_rgb=True)
+    PROC = clip_processor(size)
     SIZES = (size, lr_size)
 
 
 def process(path):
     img = Image.open(path).convert("RGB")
-    img = expand2square(img, tuple(int(x * 255) for x in PROC.image_mean))
+    img = expand2square(img)
     aux = PROC.preprocess(img, return_tensors="pt")["pixel_values"][0]
     lr = F.interpolate(aux[None], size=(SIZES[1], SIZES[1]), mode="bilinear", align_corners=False)[0]
     return aux, lr

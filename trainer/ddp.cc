@@ -241,7 +241,11 @@ void DataParallel::finish_gradients() {
       local[i] = got_grad_[i] ? 1.0f : 0.0f;
       all_local = all_local && got_grad_[i];
     }
-    flags = at::tensor(local, at::kFloat).to(comm_.device());
+    // A plain .to(cuda) from pageable memory waits for the stream (all of backward); from
+    // pinned memory with non_blocking it is queued behind it instead.
+    at::Tensor host = at::tensor(local, at::kFloat);
+    if (comm_.device().is_cuda()) host = host.pin_memory();
+    flags = host.to(comm_.device(), /*non_blocking=*/true);
     flags_work = comm_.all_reduce(flags, ReduceOp::kSum);
   }
   for (auto& b : buckets_) b.work->wait();

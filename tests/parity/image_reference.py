@@ -16,23 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor
 
-MEAN = [0.48145466, 0.4578275, 0.40821073]
-STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def expand2square(img, bg):
-    w, h = img.size
-    if w == h:
-        return img
-    if w > h:
-        out = Image.new(img.mode, (w, w), bg)
-        out.paste(img, (0, (w - h) // 2))
-        return out
-    out = Image.new(img.mode, (h, h), bg)
-    out.paste(img, ((h - w) // 2, 0))
-    return out
+from clip_image_reference import clip_processor, expand2square, resize_and_crop
 
 
 def make_images(d):
@@ -83,20 +68,15 @@ def main(d):
     os.makedirs(d, exist_ok=True)
     files = make_images(d)
     out, cases = {}, []
-    bg = tuple(int(x * 255) for x in MEAN)
     for k, path in enumerate(files):
         sizes = [96, 768] if k in (0, 8) else [96]
         for mode in ("square", "pad"):
             for s in sizes:
                 img = Image.open(path).convert("RGB")
                 if mode == "pad":
-                    img = expand2square(img, bg)
-                proc = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
-                                          image_mean=MEAN, image_std=STD, do_convert_rgb=True)
-                arr = np.array(img)
-                resized = proc.resize(arr, size={"shortest_edge": s}, resample=3)
-                cropped = proc.center_crop(resized, size={"height": s, "width": s})
-                out[f"u8_{k}_{mode}_{s}"] = torch.from_numpy(np.ascontiguousarray(cropped))
+                    img = expand2square(img)
+                proc = clip_processor(s)
+                out[f"u8_{k}_{mode}_{s}"] = torch.from_numpy(resize_and_crop(proc, img, s))
                 px = proc.preprocess(img, return_tensors="np")["pixel_values"][0]
                 out[f"px_{k}_{mode}_{s}"] = torch.from_numpy(px.astype(np.float32))
                 cases.append({"k": k, "file": path, "mode": mode, "size": s})

@@ -15,26 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor
 
-MEAN = [0.48145466, 0.4578275, 0.40821073]
-STD = [0.26862954, 0.26130258, 0.27577711]
-BG = tuple(int(x * 255) for x in MEAN)
+from clip_image_reference import BG, clip_processor, expand2square, resize_and_crop
+
 SIZES = [(1, 1), (1, 7), (7, 1), (2, 3), (5, 200), (200, 5), (37, 91), (120, 45), (97, 131),
          (333, 80), (64, 64), (255, 256)]
-
-
-def expand2square(img, bg):
-    w, h = img.size
-    if w == h:
-        return img
-    if w > h:
-        out = Image.new(img.mode, (w, w), bg)
-        out.paste(img, (0, (w - h) // 2))
-        return out
-    out = Image.new(img.mode, (h, h), bg)
-    out.paste(img, ((h - w) // 2, 0))
-    return out
 
 
 def main(d):
@@ -64,12 +49,8 @@ def main(d):
                 # reproduce that.
                 continue
             for s in (2, 5, 37, 96, 160):
-                proc = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
-                                          image_mean=MEAN, image_std=STD, do_convert_rgb=True)
-                resized = proc.resize(np.array(src), size={"shortest_edge": s}, resample=3)
-                cropped = proc.center_crop(resized, size={"height": s, "width": s})
                 key = f"pipeline_{k}_{mode}_{s}"
-                out[key] = torch.from_numpy(np.ascontiguousarray(cropped))
+                out[key] = torch.from_numpy(resize_and_crop(clip_processor(s), src, s))
                 cases.append({"kind": "pipeline", "k": k, "file": path, "mode": mode, "size": s,
                               "key": key})
     save_file(out, os.path.join(d, "reference.safetensors"))

@@ -17,6 +17,10 @@
 #include "trainer/ddp.h"
 #include "trainer/distributed.h"
 
+#if defined(MGM_HAVE_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 namespace mgm::trainer {
 namespace {
 
@@ -87,11 +91,13 @@ class CountingComm final : public Communicator {
 // weight (rank + 1) * (k + 1) on its terms, so every gradient is known by hand.
 struct Toy {
   std::vector<NamedParameter> params;
-  Toy() {
-    auto make = [](std::vector<int64_t> shape, double start) {
+  explicit Toy(at::Device dev = at::kCPU) {
+    auto make = [dev](std::vector<int64_t> shape, double start) {
       int64_t n = 1;
       for (int64_t d : shape) n *= d;
-      return (at::arange(n, at::kFloat).reshape(shape) * 0.1 + start).set_requires_grad(true);
+      return (at::arange(n, at::kFloat).reshape(shape) * 0.1 + start)
+          .to(dev)
+          .set_requires_grad(true);
     };
     params = {{"a.weight", make({3, 4}, 0.5), true},
               {"b.bias", make({4}, -0.2), false},
@@ -241,6 +247,43 @@ TEST(DataParallel, SingleProcessIsAPassThrough) {
     EXPECT_TRUE(a.params[i].param.equal(b.params[i].param));
   EXPECT_THROW(DataParallel(*comm, a.params, AdamWConfig{}, DdpOptions{25, 2}), UsageError);
 }
+
+#if defined(MGM_HAVE_CUDA)
+// Any synchronizing CUDA call (a stream or device sync, a blocking copy) throws while it lives.
+class SyncIsAnError {
+ public:
+  SyncIsAnError() {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  }
+  ~SyncIsAnError() {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  }
+  SyncIsAnError(const SyncIsAnError&) = delete;
+  SyncIsAnError& operator=(const SyncIsAnError&) = delete;
+};
+
+// The end of backward is queued on the stream, never waited for on the host: a sync there
+// would stall every step until the GPU has finished backward. (ZeRO-1 on one process takes
+// the bucketed path; a loss that reaches every parameter leaves nothing to read back.)
+TEST(DataParallel, FinishGradientsDoesNotWaitForTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device";
+  auto comm = make_communicator(LaunchEnv{}, DistOptions{"auto", 60, "cuda:0"});
+  Toy toy(at::Device("cuda:0"));
+  DataParallel dp(*comm, toy.params, AdamWConfig{}, DdpOptions{25, 1});
+  at::Tensor loss = toy.loss(0, 0) + toy.params[3].param.sum();
+  dp.before_backward(loss, true);
+  loss.backward();
+  {
+    SyncIsAnError no_sync;
+    EXPECT_NO_THROW(dp.finish_gradients());
+  }
+  std::vector<at::Tensor> before;
+  for (const auto& p : toy.params) before.push_back(p.param.detach().clone());
+  dp.step(1e-2);
+  for (size_t i = 0; i < toy.params.size(); ++i)
+    EXPECT_FALSE(toy.params[i].param.detach().equal(before[i])) << toy.params[i].name;
+}
+#endif
 
 }  // namespace
 }  // namespace mgm::trainer
