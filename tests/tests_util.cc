@@ -2,6 +2,8 @@
 
 #include "common/files.h"
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
@@ -9,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
+#include <thread>
 
 namespace mgm::test {
 
@@ -39,6 +43,61 @@ int run_command(const std::string& command, std::string* out) {
   int rc = ::pclose(p);
   if (out) *out = s;
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+pid_t spawn(const std::string& command, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + command + " > " + log + " 2>&1").c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid, std::chrono::seconds limit, double* seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  int st = 0;
+  while (std::chrono::steady_clock::now() - t0 < limit) {
+    if (::waitpid(pid, &st, WNOHANG) == pid) {
+      if (seconds)
+        *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &st, 0);
+  return -1;
+}
+
+bool wait_for_file(const std::string& path, std::chrono::seconds limit) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < limit) {
+    if (mgm::path_exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+bool kill_when_file_appears(pid_t pid, const std::string& path, std::chrono::seconds limit,
+                            int max_delay_ms) {
+  std::random_device rd;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  bool killed = false;
+  int st = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (mgm::path_exists(path)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(rd() % (max_delay_ms + 1)));
+      killed = true;
+      break;
+    }
+    if (::waitpid(pid, &st, WNOHANG) == pid) return false;  // ended before it could be killed
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &st, 0);
+  return killed;
 }
 
 }  // namespace mgm::test

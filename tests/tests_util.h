@@ -2,6 +2,9 @@
 // Python for interop checks.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <string>
 
 namespace mgm::test {
@@ -13,5 +16,18 @@ int run_python(const std::string& script_and_args, std::string* out);
 // Runs a shell command line; returns its exit code, stdout+stderr in *out.
 int run_command(const std::string& command, std::string* out);
 std::string source_dir();
+
+// Starts `command` through /bin/sh (exec'd, so the pid is the command's), stdout+stderr to `log`.
+pid_t spawn(const std::string& command, const std::string& log);
+// Waits for `pid` up to `limit`: its exit code (128 + signal when killed by one), or -1 when it was
+// still running then (it is killed and reaped). `seconds`, when given, gets the time it took.
+int wait_exit(pid_t pid, std::chrono::seconds limit, double* seconds = nullptr);
+// Waits up to `limit` for `path` to exist.
+bool wait_for_file(const std::string& path, std::chrono::seconds limit);
+// kill -9 at an unpredictable moment: waits until `path` exists while `pid` runs, then sends
+// SIGKILL after a random 0..max_delay_ms. True when it was killed so; false when the process
+// ended first or `limit` passed (it is killed then). The process is reaped either way.
+bool kill_when_file_appears(pid_t pid, const std::string& path, std::chrono::seconds limit,
+                            int max_delay_ms = 300);
 
 }  // namespace mgm::test

@@ -46,41 +46,6 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
-pid_t spawn(const std::string& cmd, const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd + " > " + log + " 2>&1").c_str(),
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
-// Waits for `pid` up to `limit`; -1 when it is still running then (it is killed).
-int wait_exit(pid_t pid, std::chrono::seconds limit, double* seconds = nullptr) {
-  const auto t0 = Clock::now();
-  int st = 0;
-  while (Clock::now() - t0 < limit) {
-    if (waitpid(pid, &st, WNOHANG) == pid) {
-      if (seconds) *seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &st, 0);
-  return -1;
-}
-
-bool wait_for_file(const std::string& path, std::chrono::seconds limit) {
-  const auto t0 = Clock::now();
-  while (Clock::now() - t0 < limit) {
-    if (path_exists(path)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
-
 size_t line_count(const std::string& path) {
   std::ifstream in(path);
   size_t n = 0;
@@ -135,13 +100,13 @@ class DdpE2E : public ::testing::Test {
     const int port = free_port();
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r)
-      pids.push_back(spawn(str_cat("env RANK=", r, " LOCAL_RANK=", r, " WORLD_SIZE=", world,
+      pids.push_back(test::spawn(str_cat("env RANK=", r, " LOCAL_RANK=", r, " WORLD_SIZE=", world,
                                    " LOCAL_WORLD_SIZE=", world,
                                    " MASTER_ADDR=127.0.0.1 MASTER_PORT=", port, " ", command),
                            str_cat(logs, ".rank", r)));
     std::vector<std::pair<int, std::string>> out;
     for (int r = 0; r < world; ++r) {
-      const int rc = wait_exit(pids[static_cast<size_t>(r)], std::chrono::seconds(240));
+      const int rc = test::wait_exit(pids[static_cast<size_t>(r)], std::chrono::seconds(240));
       out.emplace_back(rc, read_file(str_cat(logs, ".rank", r)));
     }
     return out;
@@ -314,7 +279,7 @@ TEST_F(DdpE2E, KilledRankStopsTheOthersNamingIt) {
                         " --ddp_timeout 20";
   std::vector<pid_t> pids;
   for (int r = 0; r < 2; ++r)
-    pids.push_back(spawn(str_cat("env RANK=", r, " LOCAL_RANK=", r,
+    pids.push_back(test::spawn(str_cat("env RANK=", r, " LOCAL_RANK=", r,
                                  " WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=", port, " ", c),
                          str_cat(root, "/log", r)));
   const auto t0 = Clock::now();
@@ -324,7 +289,7 @@ TEST_F(DdpE2E, KilledRankStopsTheOthersNamingIt) {
   kill(pids[1], SIGKILL);
   waitpid(pids[1], nullptr, 0);
   double took = 0;
-  const int rc = wait_exit(pids[0], std::chrono::seconds(40), &took);
+  const int rc = test::wait_exit(pids[0], std::chrono::seconds(40), &took);
   const std::string log = read_file(root + "/log0");
   EXPECT_EQ(rc, 1) << log;
   EXPECT_LT(took, 20 + 5) << "not stopped within --ddp_timeout";
@@ -362,7 +327,7 @@ TEST_F(DdpE2E, FailingRankStopsTheOthersWithItsError) {
 
 TEST_F(DdpE2E, LauncherTearsDownWhenAWorkerDies) {
   const std::string root = test::temp_dir("ddp_launcher");
-  const pid_t launcher = spawn(cmd(root + "/o") +
+  const pid_t launcher = test::spawn(cmd(root + "/o") +
                                    " --max_steps 2000 --save_strategy no --nproc_per_node 2"
                                    " --per_device_train_batch_size 4",
                                root + "/log");
@@ -376,7 +341,7 @@ TEST_F(DdpE2E, LauncherTearsDownWhenAWorkerDies) {
   ASSERT_GT(victim, 0);
   kill(victim, SIGKILL);
   double took = 0;
-  const int rc = wait_exit(launcher, std::chrono::seconds(30), &took);
+  const int rc = test::wait_exit(launcher, std::chrono::seconds(30), &took);
   const std::string log = read_file(root + "/log");
   EXPECT_EQ(rc, 1) << log;
   EXPECT_LT(took, 15.0) << log;  // SIGTERM to the survivor, SIGKILL after 10 s at the latest
@@ -398,11 +363,11 @@ TEST_F(DdpE2E, TwoProcessResumeIsExact) {
   std::string out;
   ASSERT_EQ(test::run_command(cmd(root + "/a") + args, &out), 0) << out;
   const std::string b = root + "/b";
-  const pid_t launcher = spawn(cmd(b) + args, root + "/b1.log");
-  ASSERT_TRUE(wait_for_file(b + "/checkpoint-6/trainer_state.json", std::chrono::seconds(120)))
+  const pid_t launcher = test::spawn(cmd(b) + args, root + "/b1.log");
+  ASSERT_TRUE(test::wait_for_file(b + "/checkpoint-6/trainer_state.json", std::chrono::seconds(120)))
       << read_file(root + "/b1.log");
   kill(launcher, SIGTERM);
-  EXPECT_EQ(wait_exit(launcher, std::chrono::seconds(30)), 128 + SIGTERM)
+  EXPECT_EQ(test::wait_exit(launcher, std::chrono::seconds(30)), 128 + SIGTERM)
       << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/model.safetensors")) << "stopped too late to test resuming";
   const std::string cp = list_checkpoints(b).back().path;

@@ -10,14 +10,11 @@
 #include <ATen/ops/randint.h>
 #include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <random>
-#include <thread>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -225,16 +222,6 @@ TEST_F(LoraE2E, FinetuneWritesPeftFilesAndMergesToTheSameModel) {
   EXPECT_EQ(read_json_file(o + "/a_adapter.jsonl.settings.json").at("model_base"), base());
 }
 
-pid_t spawn(const std::string& cmd, const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", (cmd + " > " + log + " 2>&1").c_str(),
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
 // kill -9 at a random step (dropout active, so the RNG state matters) and resume: the final
 // adapter and non-LoRA tensors equal an uninterrupted run's bit for bit.
 TEST_F(LoraE2E, KillNineAndResumeIsBitIdentical) {
@@ -248,22 +235,9 @@ TEST_F(LoraE2E, KillNineAndResumeIsBitIdentical) {
   std::random_device rd;
   const int kill_after = 2 * static_cast<int>(1 + rd() % 4);
   const std::string b = root + "/b";
-  const pid_t pid = spawn(train(b, args), root + "/b1.log");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  bool killed = false;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (path_exists(str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"))) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(rd() % 300));
-      kill(pid, SIGKILL);
-      killed = true;
-      break;
-    }
-    int st = 0;
-    if (waitpid(pid, &st, WNOHANG) == pid) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
+  const pid_t pid = test::spawn(train(b, args), root + "/b1.log");
+  const bool killed = test::kill_when_file_appears(
+      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(120));
   ASSERT_TRUE(killed) << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/adapter_model.safetensors")) << "killed too late to test resuming";
   ASSERT_EQ(test::run_command(train(b, args), &out), 0) << out;

@@ -2,14 +2,11 @@
 // kill -9 mid-run and resume to bit-identical weights, the trainable sets of each stage, the
 // stage outputs (mm_projector.bin for Python, an MGM folder), and the stop/skip policies.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
 #include <random>
-#include <thread>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -152,15 +149,6 @@ TEST_F(TrainE2E, TrainableSetsPerStage) {
   }
 }
 
-pid_t spawn(const std::string& cmd, const std::string& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", (cmd + " > " + log + " 2>&1").c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
 // kill -9 at a random step, restart the same command: the final weights equal an uninterrupted
 // run's bit for bit (CPU, fp32), and the metrics describe one trajectory.
 TEST_F(TrainE2E, KillNineAndResumeIsBitIdentical) {
@@ -174,22 +162,9 @@ TEST_F(TrainE2E, KillNineAndResumeIsBitIdentical) {
   std::random_device rd;
   const int kill_after = 2 * static_cast<int>(1 + rd() % 5);  // after checkpoint-2 .. checkpoint-10 exists
   const std::string b = root + "/b";
-  const pid_t pid = spawn(common(b, "finetune", "finetune.json") + args, root + "/b1.log");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  bool killed = false;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (path_exists(str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"))) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(rd() % 300));
-      kill(pid, SIGKILL);
-      killed = true;
-      break;
-    }
-    int st = 0;
-    if (waitpid(pid, &st, WNOHANG) == pid) break;  // finished before we could kill it
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
+  const pid_t pid = test::spawn(common(b, "finetune", "finetune.json") + args, root + "/b1.log");
+  const bool killed = test::kill_when_file_appears(
+      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(120));
   ASSERT_TRUE(killed) << "the run ended before checkpoint-" << kill_after << ": " << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/model.safetensors")) << "killed too late to test resuming";
   ASSERT_EQ(test::run_command(common(b, "finetune", "finetune.json") + args, &out), 0) << out;
