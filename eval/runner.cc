@@ -19,17 +19,11 @@
 #include "data/collator.h"
 #include "eval/scoring/mmbench.h"
 #include "eval/scoring/py_text.h"
+#include "models/io/tensor_file.h"
 #include "models/lora.h"
 
 namespace mgm::eval {
 namespace {
-
-at::ScalarType parse_eval_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  throw UsageError(str_cat("--dtype: expected fp32, bf16 or fp16, got '", s, "'"));
-}
 
 at::Device parse_eval_device(const std::string& s) {
   if (s == "cpu") return at::Device(at::kCPU);
@@ -169,7 +163,7 @@ EvalModel load_eval_model(const EvalModelOptions& o) {
   MGM_CHECK(!o.model_path.empty(), "--model-path is required");
   EvalModel m;
   models::MgmBuildOptions bo;
-  bo.dtype = parse_eval_dtype(o.dtype);
+  bo.dtype = models::io::parse_float_dtype(o.dtype);
   bo.device = parse_eval_device(o.device);
   bo.init_weights = false;
   m.model = o.model_base.empty() ? models::load_mgm_checkpoint(o.model_path, bo)

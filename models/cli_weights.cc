@@ -24,14 +24,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return "[" + join(parts, ", ") + "]";
 }
 
-c10::ScalarType parse_dtype_flag(const std::string& s) {
-  std::string l = to_lower(s);
-  if (l == "fp32" || l == "float32" || l == "f32") return c10::kFloat;
-  if (l == "fp16" || l == "float16" || l == "f16" || l == "half") return c10::kHalf;
-  if (l == "bf16" || l == "bfloat16") return c10::kBFloat16;
-  throw UsageError(str_cat("--dtype: expected fp32, fp16 or bf16, got '", s, "'"));
-}
-
 bool is_weight_file(const std::string& f) {
   return ends_with(f, ".safetensors") || ends_with(f, ".bin") || ends_with(f, ".pt") ||
          ends_with(f, ".pth") || ends_with(f, ".safetensors.index.json") ||
@@ -101,7 +93,7 @@ void convert_weights(const std::string& src, const std::string& dst, const Conve
   if (to_file && opts.max_shard_size)
     throw UsageError("--max_shard_size needs a folder as destination (not a single file)");
   std::optional<c10::ScalarType> dtype;
-  if (!opts.dtype.empty()) dtype = parse_dtype_flag(opts.dtype);
+  if (!opts.dtype.empty()) dtype = io::parse_float_dtype(opts.dtype);
   auto fetch = [&](const std::string& n) {
     at::Tensor t = store.get(n);
     if (dtype && t.is_floating_point() && t.scalar_type() != *dtype) t = t.to(*dtype);

@@ -21,6 +21,7 @@
 #include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "models/io/tensor_file.h"
 #include "models/weight_delta.h"
 
 namespace mgm::models {
@@ -351,11 +352,13 @@ at::Tensor lora_merged_weight(const at::Tensor& w, const at::Tensor& a, const at
   const at::Tensor delta =
       at::matmul(b.detach().to(wf.device(), at::kFloat), a.detach().to(wf.device(), at::kFloat)) *
       scaling;
-  const at::Tensor merged = wf + delta;
-  MGM_CHECK(
-      at::isfinite(merged).all().item<bool>(), what,
-      ": merging the LoRA adapter gives non-finite values (NaN or inf); refusing to use them");
-  return merged.to(w.scalar_type());
+  // Checked in the weight's dtype, as PEFT's safe_merge does: an fp32 sum that overflows fp16
+  // on the cast back is refused too.
+  const at::Tensor merged = (wf + delta).to(w.scalar_type());
+  MGM_CHECK(at::isfinite(merged).all().item<bool>(), what,
+            ": merging the LoRA adapter gives non-finite values (NaN or inf) in ",
+            c10::toString(w.scalar_type()), "; refusing to use them");
+  return merged;
 }
 
 int64_t merge_and_unload_lora(GemmaForCausalLM& llm) {
@@ -714,9 +717,7 @@ MergeLoraReport merge_lora_checkpoint(const std::string& base_dir, const std::st
   // The source config's own keys (training records, unknown keys) with the dtype written.
   const std::string cfg_src = is_mgm_config(adapter_dir) ? adapter_dir : base_dir;
   Json j = read_json_file(path_join(cfg_src, "config.json"));
-  j["torch_dtype"] = out_dtype == at::kBFloat16 ? "bfloat16"
-                     : out_dtype == at::kHalf   ? "float16"
-                                                : "float32";
+  j["torch_dtype"] = io::hf_torch_dtype(out_dtype);
   write_json_file(out.file("config.json"), j);
   const std::string tok_src =
       path_exists(path_join(adapter_dir, "tokenizer.model")) ? adapter_dir : base_dir;

@@ -20,6 +20,7 @@
 #include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "models/io/tensor_file.h"
 
 namespace mgm::models {
 namespace {
@@ -653,7 +654,7 @@ void save_mgm_checkpoint(MgmForCausalLM& model, const std::string& dir, uint64_t
   make_dirs(dir);
   Json j = model->config().to_json();
   const auto dt = model->llm->model->embed_tokens->weight.scalar_type();
-  j["torch_dtype"] = dt == at::kBFloat16 ? "bfloat16" : dt == at::kHalf ? "float16" : "float32";
+  j["torch_dtype"] = io::hf_torch_dtype(dt);
   write_json_file((fs::path(dir) / "config.json").string(), j);
   io::ShardedSafetensorsWriter w(dir, max_shard_size);
   for (const auto& [name, t] : module_tensors(*model, "", /*include_buffers=*/false))
@@ -687,14 +688,6 @@ void save_mm_projector_bin(MgmForCausalLM& model, const std::string& path) {
 
 namespace {
 
-at::ScalarType dtype_flag(const std::string& s) {
-  const std::string l = to_lower(s);
-  if (l == "fp32" || l == "float32") return at::kFloat;
-  if (l == "bf16" || l == "bfloat16") return at::kBFloat16;
-  if (l == "fp16" || l == "float16") return at::kHalf;
-  throw UsageError(str_cat("--dtype: expected fp32, bf16 or fp16, got '", s, "'"));
-}
-
 at::Tensor optional_tensor(const io::TensorStore& s, const char* name) {
   return s.contains(name) ? s.get(name) : at::Tensor();
 }
@@ -704,7 +697,7 @@ at::Tensor optional_tensor(const io::TensorStore& s, const char* name) {
 void compute_logits(const std::string& model_dir, const std::string& inputs,
                     const std::string& output, const LogitsOptions& opts) {
   MgmBuildOptions bo;
-  bo.dtype = dtype_flag(opts.dtype);
+  bo.dtype = io::parse_float_dtype(opts.dtype);
   MGM_CHECK(opts.device == "cpu" || opts.device == "cuda", "--device: expected cpu or cuda, got '",
             opts.device, "'");
   bo.device = opts.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/files.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/strings.h"
 #include "models/io/tensor_file.h"
@@ -24,7 +25,8 @@ namespace mgm::models {
 // ---------------------------------------------------------------------------------------------
 // Staged folders and side files
 
-StagedOutputDir::StagedOutputDir(std::string out, bool overwrite) : out_(std::move(out)) {
+StagedOutputDir::StagedOutputDir(std::string out, bool overwrite)
+    : out_(std::move(out)), overwrite_(overwrite) {
   while (out_.size() > 1 && out_.back() == '/') out_.pop_back();
   MGM_CHECK(!out_.empty(), "the output folder name is empty");
   if (path_exists(out_)) {
@@ -52,6 +54,11 @@ std::string StagedOutputDir::file(const std::string& name) const { return path_j
 void StagedOutputDir::commit() {
   MGM_CHECK(!done_, "staged folder committed twice");
   fsync_dir(tmp_);
+  if (path_exists(out_) && !overwrite_) {
+    done_ = true;  // keep the result
+    throw UsageError(str_cat(out_, " appeared while this job ran and --overwrite was not given: "
+                             "left as it is; the finished output is in ", tmp_));
+  }
   if (path_exists(out_)) {
     // Replace: the old folder moves aside first, so a complete folder sits under the final
     // name at every moment except between the two renames.
@@ -99,14 +106,6 @@ bool is_multimodal_key(const std::string& name) {
 
 namespace {
 
-c10::ScalarType delta_dtype(const std::string& s) {
-  const std::string l = to_lower(s);
-  if (l == "fp16" || l == "float16" || l == "half") return c10::kHalf;
-  if (l == "bf16" || l == "bfloat16") return c10::kBFloat16;
-  if (l == "fp32" || l == "float32") return c10::kFloat;
-  throw UsageError(str_cat("--dtype: expected fp16, bf16 or fp32, got '", s, "'"));
-}
-
 std::string shape_str(const std::vector<int64_t>& s) {
   std::vector<std::string> p;
   for (auto d : s) p.push_back(std::to_string(d));
@@ -141,11 +140,16 @@ std::string listing(const std::vector<std::string>& v, size_t limit = 30) {
   return s;
 }
 
-void copy_config(const std::string& src_dir, const std::string& dst_dir) {
-  for (const char* f : {"config.json", "generation_config.json"}) {
-    const std::string p = path_join(src_dir, f);
-    if (path_exists(p)) write_file_atomic(path_join(dst_dir, f), read_file(p));
+// config.json (with the dtype the tensors were written in as its torch_dtype) and
+// generation_config.json.
+void copy_config(const std::string& src_dir, const std::string& dst_dir, c10::ScalarType dtype) {
+  if (const std::string p = path_join(src_dir, "config.json"); path_exists(p)) {
+    Json j = read_json_file(p);
+    j["torch_dtype"] = io::hf_torch_dtype(dtype);
+    write_json_file(path_join(dst_dir, "config.json"), j);
   }
+  if (const std::string p = path_join(src_dir, "generation_config.json"); path_exists(p))
+    write_file_atomic(path_join(dst_dir, "generation_config.json"), read_file(p));
 }
 
 enum class Op { kAdd, kSubtract };
@@ -156,7 +160,7 @@ enum class Op { kAdd, kSubtract };
 DeltaReport stream_delta(const io::TensorStore& outer, const io::TensorStore& inner,
                          const std::string& outer_flag, const std::string& inner_flag, Op op,
                          StagedOutputDir& out, const DeltaOptions& opts) {
-  const c10::ScalarType dt = delta_dtype(opts.dtype);
+  const c10::ScalarType dt = io::parse_float_dtype(opts.dtype);
   // Validate every name and shape before writing anything.
   std::vector<std::string> problems;
   for (const auto& n : inner.names()) {
@@ -219,7 +223,7 @@ DeltaReport apply_delta(const std::string& base, const std::string& delta,
   require_dir(base, "--base");
   require_dir(delta, "--delta");
   prefer_mmap_for_large_buffers();
-  (void)delta_dtype(opts.dtype);
+  const c10::ScalarType dt = io::parse_float_dtype(opts.dtype);
   const io::TensorStore bs = io::TensorStore::open(base);
   const io::TensorStore ds = io::TensorStore::open(delta);
   StagedOutputDir out(target, opts.overwrite);
@@ -228,7 +232,7 @@ DeltaReport apply_delta(const std::string& base, const std::string& delta,
   // which is what a delta that adds multimodal modules or token rows needs.
   const bool from_delta = rep.delta_only > 0 || rep.grown > 0;
   rep.config_from = from_delta ? delta : base;
-  copy_config(rep.config_from, out.path());
+  copy_config(rep.config_from, out.path(), dt);
   copy_tokenizer_files(delta, out.path());
   out.commit();
   return rep;
@@ -239,14 +243,14 @@ DeltaReport make_delta(const std::string& base, const std::string& target, const
   require_dir(base, "--base");
   require_dir(target, "--target");
   prefer_mmap_for_large_buffers();
-  (void)delta_dtype(opts.dtype);
+  const c10::ScalarType dt = io::parse_float_dtype(opts.dtype);
   const io::TensorStore bs = io::TensorStore::open(base);
   const io::TensorStore ts = io::TensorStore::open(target);
   StagedOutputDir out(delta, opts.overwrite);
   DeltaReport rep =
       stream_delta(ts, bs, "--target " + target, "--base " + base, Op::kSubtract, out, opts);
   rep.config_from = target;
-  copy_config(target, out.path());
+  copy_config(target, out.path(), dt);
   copy_tokenizer_files(target, out.path());
   out.commit();
   return rep;

@@ -21,10 +21,13 @@ class StagedOutputDir {
   StagedOutputDir& operator=(const StagedOutputDir&) = delete;
   const std::string& path() const { return tmp_; }  // where to write
   std::string file(const std::string& name) const;
+  // Without overwrite, an `out` that appeared while the job ran (another job, the user) is
+  // left alone: UsageError, and the finished result stays in the temporary folder it names.
   void commit();
 
  private:
   std::string out_, tmp_;
+  bool overwrite_;
   bool done_ = false;
 };
 

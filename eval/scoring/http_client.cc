@@ -308,17 +308,20 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
     if (have_head) {
       const std::string te = lower_ascii(h.resp.header("transfer-encoding"));
       const std::string cl = h.resp.header("content-length");
-      const std::string raw = buf.substr(h.body_start);
       if (te.find("chunked") != std::string::npos) {
-        if (try_decode_chunked(raw, &h.resp.body, url.text)) return h.resp;
+        // A complete chunked body ends with CRLF CRLF (last chunk, trailers, blank line):
+        // decode then, not after every read (that would be quadratic in the body size).
+        if (ends_with(buf, "\r\n\r\n") &&
+            try_decode_chunked(buf.substr(h.body_start), &h.resp.body, url.text))
+          return h.resp;
       } else if (!cl.empty()) {
         if (cl.find_first_not_of("0123456789") != std::string::npos || cl.size() > 15)
           throw HttpError(str_cat(url.text, ": malformed Content-Length '", cl, "'"));
         const size_t n = std::stoull(cl);
         if (n > opts.max_body_bytes)
           throw HttpError(str_cat(url.text, ": response body of ", n, " bytes is over the limit"));
-        if (raw.size() >= n) {
-          h.resp.body = raw.substr(0, n);
+        if (buf.size() - h.body_start >= n) {
+          h.resp.body = buf.substr(h.body_start, n);
           return h.resp;
         }
       } else if (h.resp.status == 204 || h.resp.status == 304) {
@@ -341,7 +344,10 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
                                               ? ": the server closed the connection without a reply"
                                               : ": the server closed the connection mid-headers"));
       const std::string te = lower_ascii(h.resp.header("transfer-encoding"));
-      if (te.find("chunked") != std::string::npos || !h.resp.header("content-length").empty())
+      const bool chunked = te.find("chunked") != std::string::npos;
+      if (chunked && try_decode_chunked(buf.substr(h.body_start), &h.resp.body, url.text))
+        return h.resp;
+      if (chunked || !h.resp.header("content-length").empty())
         throw HttpError(str_cat(url.text, ": the response body was cut short"));
       h.resp.body = buf.substr(h.body_start);  // body delimited by the end of the connection
       return h.resp;

@@ -47,6 +47,18 @@ DType from_scalar_type(c10::ScalarType t) {
   throw Error(str_cat("tensor dtype ", c10::toString(t), " cannot be stored in safetensors/torch.save"));
 }
 
+c10::ScalarType parse_float_dtype(const std::string& s, const std::string& flag) {
+  const std::string l = to_lower(s);
+  if (l == "fp32" || l == "float32" || l == "f32") return c10::kFloat;
+  if (l == "fp16" || l == "float16" || l == "f16" || l == "half") return c10::kHalf;
+  if (l == "bf16" || l == "bfloat16") return c10::kBFloat16;
+  throw UsageError(str_cat(flag, ": expected fp32, fp16 or bf16, got '", s, "'"));
+}
+
+const char* hf_torch_dtype(c10::ScalarType t) {
+  return t == c10::kBFloat16 ? "bfloat16" : t == c10::kHalf ? "float16" : "float32";
+}
+
 // -- TensorFile -----------------------------------------------------------------------------------
 
 std::shared_ptr<TensorFile> TensorFile::open(const std::string& path) {

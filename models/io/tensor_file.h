@@ -22,6 +22,13 @@ namespace mgm::models::io {
 c10::ScalarType to_scalar_type(DType d);
 DType from_scalar_type(c10::ScalarType t);  // throws for types the formats cannot hold
 
+// A floating-point dtype flag (case-insensitive fp32/float32/f32, fp16/float16/f16/half,
+// bf16/bfloat16); UsageError naming `flag` otherwise.
+c10::ScalarType parse_float_dtype(const std::string& s, const std::string& flag = "--dtype");
+// The `torch_dtype` a Hugging Face config.json records for weights of type t: "bfloat16",
+// "float16" or "float32" (anything else is written in fp32 by the tools here).
+const char* hf_torch_dtype(c10::ScalarType t);
+
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // One memory-mapped tensor file.

@@ -393,6 +393,14 @@ TEST(Lora, BadConfigsAndAdaptersAreRefusedByName) {
   }
   const std::string e4 = error_of([&] { merge_and_unload_lora(src); });
   EXPECT_NE(e4.find("non-finite"), std::string::npos) << e4;
+  // Finite in fp32 but beyond fp16's range once cast back (PEFT's safe_merge checks in the
+  // weight's dtype too).
+  const at::Tensor w16 = at::full({2, 3}, 60000.0, at::kHalf);
+  const at::Tensor a = at::ones({1, 3}), b = at::ones({2, 1});
+  EXPECT_TRUE(at::isfinite(lora_merged_weight(w16, a, b, 100.0, "w")).all().item<bool>());
+  const std::string e5 = error_of([&] { lora_merged_weight(w16, a, b, 10000.0, "w"); });
+  EXPECT_NE(e5.find("non-finite"), std::string::npos) << e5;
+  EXPECT_NE(e5.find("Half"), std::string::npos) << e5;
 }
 
 // A LLaVA-style base (a plain Gemma folder; towers from the folders the adapter's config.json

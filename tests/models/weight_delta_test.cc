@@ -87,6 +87,7 @@ TEST(WeightDelta, MakeThenApplyReproducesTheTargetExactlyInFp32) {
     EXPECT_TRUE(at::equal(ds.get(base[i].first), target[i].second - base[i].second))
         << base[i].first;
   EXPECT_EQ(read_json_file(d + "/delta/config.json").at("tag"), "target");
+  EXPECT_EQ(read_json_file(d + "/delta/config.json").at("torch_dtype"), "float32");  // as written
   EXPECT_EQ(read_file(d + "/delta/tokenizer.model"), "tokenizer of target");
   EXPECT_TRUE(path_exists(d + "/delta/model.safetensors.index.json"));  // sharded
 
@@ -112,6 +113,37 @@ TEST(WeightDelta, DefaultFp16IsFastChatsArithmetic) {
     EXPECT_TRUE(at::equal(got, base[i].second.to(at::kHalf) + delta[i].second.to(at::kHalf)))
         << base[i].first;
   }
+  EXPECT_EQ(read_json_file(d + "/out/config.json").at("torch_dtype"), "float16");
+}
+
+// An output folder that appears while the job runs (another job, the user) is not replaced
+// without --overwrite; the finished result is kept where the error says.
+TEST(WeightDelta, StagedOutputNeverReplacesAFolderThatAppearedWithoutOverwrite) {
+  const std::string d = test::temp_dir("staged_out");
+  {
+    StagedOutputDir out(d + "/out", /*overwrite=*/false);
+    write_file_atomic(out.file("result.txt"), "new");
+    make_dirs(d + "/out");
+    write_file_atomic(d + "/out/mine.txt", "the user's");
+    std::string msg;
+    try {
+      out.commit();
+    } catch (const UsageError& e) {
+      msg = e.what();
+    }
+    EXPECT_NE(msg.find("appeared while this job ran"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(out.path()), std::string::npos) << msg;
+    EXPECT_EQ(read_file(out.file("result.txt")), "new");
+  }
+  EXPECT_EQ(read_file(d + "/out/mine.txt"), "the user's");
+  EXPECT_FALSE(path_exists(d + "/out/result.txt"));
+  {
+    StagedOutputDir out(d + "/out", /*overwrite=*/true);
+    write_file_atomic(out.file("result.txt"), "new");
+    out.commit();
+  }
+  EXPECT_EQ(read_file(d + "/out/result.txt"), "new");
+  EXPECT_FALSE(path_exists(d + "/out/mine.txt"));
 }
 
 TEST(WeightDelta, ExtraTokenRowsAndProjectorOnlyKeys) {

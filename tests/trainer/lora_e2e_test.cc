@@ -129,6 +129,10 @@ TEST_F(LoraE2E, FinetuneWritesPeftFilesAndMergesToTheSameModel) {
   // Each checkpoint carries the adapter as of its step.
   EXPECT_TRUE(path_exists(o + "/checkpoint-6/adapter_model.safetensors"));
   EXPECT_TRUE(path_exists(o + "/checkpoint-6/non_lora_trainables.bin"));
+  // ... and the MGM config that building the model on a plain LLM base needs.
+  const Json cp_cfg = read_json_file(o + "/checkpoint-6/config.json");
+  EXPECT_TRUE(cp_cfg.contains("mm_vision_tower")) << cp_cfg.dump();
+  EXPECT_EQ(cp_cfg.at("train_mgm").at("steps"), 6);
 
   // The output folder, read by Python as LLaVA/MGM's loader and peft read it.
   for (const char* f : {"config.json", "adapter_config.json", "adapter_model.safetensors",
