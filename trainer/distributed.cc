@@ -194,6 +194,17 @@ class C10dCommunicator final : public Communicator {
     launch("barrier", [&] { return pg_->barrier(o); }, {})->wait();
   }
 
+  void barrier_without_deadline(const std::string& name) override {
+    const std::string key = "sync/" + name;
+    try {
+      if (ctl_->add(key, 1) == world_size()) ctl_->set(key + "/all", to_bytes("1"));
+      // A week stands for "no deadline": the monitor thread ends the process when a rank fails.
+      ctl_->wait({key + "/all"}, std::chrono::hours(24 * 7));
+    } catch (const std::exception& e) {
+      throw CommError(diagnose(str_cat("waiting for every rank at ", name), e.what()));
+    }
+  }
+
   void set_step(int64_t step) override { step_.store(step); }
 
   std::string report_failure(const std::string& message) override {

@@ -54,6 +54,14 @@ class Communicator {
   // Blocking.
   virtual void broadcast(at::Tensor& t, int root) = 0;
   virtual void barrier() = 0;
+  // A barrier with no deadline, for the ranks that wait while rank 0 writes files (a checkpoint
+  // of a 2B model with its optimizer state takes minutes on a slow filesystem, longer than
+  // --ddp_timeout). A rank that dies or fails meanwhile is caught by the failure protocol
+  // (heartbeats, failure record) instead. `name` is unique per use and the same on every rank.
+  virtual void barrier_without_deadline(const std::string& name) {
+    (void)name;
+    barrier();
+  }
 
   // The optimizer step the caller is working on (1-based), named in failure messages.
   virtual void set_step(int64_t step) { (void)step; }

@@ -192,12 +192,18 @@ LaunchEnv detect_launch_env(const Environment& env) {
     check_ranks(e, "RANK", "WORLD_SIZE", "LOCAL_RANK");
     return e;
   }
-  if (lookup(env, "OMPI_COMM_WORLD_RANK") || lookup(env, "OMPI_COMM_WORLD_SIZE")) {
+  // Open MPI's variables, then MPICH's / Intel MPI's (Hydra): rank, size, local rank, local size.
+  static const char* const kMpi[2][4] = {
+      {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+       "OMPI_COMM_WORLD_LOCAL_SIZE"},
+      {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"}};
+  for (const auto& v : kMpi) {
+    if (!lookup(env, v[0]) && !lookup(env, v[1])) continue;
     e.launcher = "mpirun";
-    e.world_size = env_int(env, "OMPI_COMM_WORLD_SIZE", 1, kMaxRanks);
-    e.rank = env_int(env, "OMPI_COMM_WORLD_RANK", 0, kMaxRanks);
-    e.local_rank = env_int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0, kMaxRanks);
-    e.local_world_size = env_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1, kMaxRanks);
+    e.world_size = env_int(env, v[1], 1, kMaxRanks);
+    e.rank = env_int(env, v[0], 0, kMaxRanks);
+    e.local_rank = env_int(env, v[2], 0, kMaxRanks);
+    e.local_world_size = env_int(env, v[3], 1, kMaxRanks);
     if (lookup(env, "MASTER_ADDR")) {
       e.master_addr = *lookup(env, "MASTER_ADDR");
     } else if (e.local_world_size != e.world_size) {
@@ -206,7 +212,7 @@ LaunchEnv detect_launch_env(const Environment& env) {
           "mpirun -x MASTER_ADDR=node01 -x MASTER_PORT=29500 ...)");
     }
     e.master_port = env_int_or(env, "MASTER_PORT", 29500, 1, 65535);
-    check_ranks(e, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK");
+    check_ranks(e, v[0], v[1], v[2]);
     return e;
   }
   if (lookup(env, "SLURM_PROCID") && lookup(env, "SLURM_NTASKS")) {

@@ -357,8 +357,9 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   if (a.zero_stage != 0 && a.zero_stage != 1)
     throw UsageError(str_cat("--zero_stage: expected 0 or 1 (ZeRO-2/3 are not implemented), got ", a.zero_stage));
   if (a.nproc_per_node > 0 && !is_launched_worker()) {
+    // A one-task step (srun -n1 train_mgm --nproc_per_node 8, as `srun torchrun`) is no world.
     const LaunchEnv outer = detect_launch_env();
-    if (outer.distributed())
+    if (outer.world_size > 1)
       throw UsageError(str_cat("--nproc_per_node starts its own workers, but this process was already "
                                "started by ", outer.launcher, " (", outer.describe(), "): use one or the other"));
   } else {

@@ -468,6 +468,18 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   if (main_rank) metrics.emplace(path_join(a.output_dir, "metrics.jsonl"), global_step);
   const ProgressMode pmode = main_rank ? parse_progress_mode(a.progress) : ProgressMode::kNone;
   Progress progress(pmode, total_steps, global_step);
+  // The config.json of the outputs (and of LoRA checkpoints, which --model-base evaluation and
+  // merge-lora read when the base is a plain LLM folder).
+  auto output_config = [&](int64_t steps) {
+    Json c = model->config().to_json();
+    c["train_mgm"] = Json{{"stage", stage_name(a.stage)},
+                          {"init", a.model_config.empty() ? "pretrained" : "random"},
+                          {"seed", a.seed},
+                          {"model_config", a.model_config},
+                          {"steps", steps}};
+    if (a.lora_enable && a.mm_projector_lr >= 0) c["mm_projector_lr"] = a.mm_projector_lr;
+    return c;
+  };
   const std::string skipped_log = path_join(a.output_dir, "skipped_samples" + rank_suffix + ".jsonl");
   // The other ranks list their skipped samples in a file of their own, made on the first one.
   std::optional<MetricsLog> skipped_list;
@@ -548,7 +560,8 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
     bool overflow = false;
     if (a.fp16) overflow = optimizer.unscale_and_check(scaler);
     grad_norm = optimizer.clip_grad_norm(overflow ? 0.0 : a.max_grad_norm);
-    unchecked.emplace_back(global_step, step_ids);
+    // Read by check_finite, which fp16 on a GPU never runs (the loss scaler skips such steps).
+    if (check_each_step || !a.fp16) unchecked.emplace_back(global_step, step_ids);
     if (check_each_step && !overflow) check_finite(step_loss);
     if (!overflow) {
       if (a.mm_projector_lr >= 0)  // HF's LambdaLR scales each group's own initial lr
@@ -610,7 +623,8 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
         models::io::save_safetensors(w->file("trainable.safetensors"), tw);
         if (a.stage == Stage::kPretrain) models::save_mm_projector_bin(model, w->file("mm_projector.bin"));
         if (a.lora_enable)  // the adapter as of this step, usable with --model-base like the final one
-          save_lora_outputs(model, lora_cfg, Json(), [&w](const std::string& f) { return w->file(f); });
+          save_lora_outputs(model, lora_cfg, output_config(global_step),
+                            [&w](const std::string& f) { return w->file(f); });
       }
       if (main_rank || optimizer.sharded()) {
         models::io::NamedTensors os;
@@ -618,7 +632,8 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
         models::io::save_safetensors(path_join(tmp_dir, optimizer_file), os);
       }
       models::io::save_safetensors(path_join(tmp_dir, "rng_state" + rank_suffix + ".safetensors"), rng_state(device));
-      comm.barrier();  // every rank's files are complete before the commit
+      // Every rank's files are complete before the commit.
+      comm.barrier_without_deadline(str_cat("checkpoint-", global_step, "/files"));
       Json st{{"global_step", global_step}, {"total_steps", total_steps},
               {"epoch", static_cast<double>(global_step * accum) / static_cast<double>(bpe)},
               {"micro_batches", global_step * accum}, {"accumulation", accum},
@@ -633,7 +648,8 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
       } else {
         last_checkpoint = path_join(a.output_dir, str_cat("checkpoint-", global_step));
       }
-      comm.barrier();  // no rank runs ahead of a checkpoint that is not committed yet
+      // No rank runs ahead of a checkpoint that is not committed yet.
+      comm.barrier_without_deadline(str_cat("checkpoint-", global_step, "/committed"));
     }
   }
   progress.finish();
@@ -641,28 +657,22 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   result.global_step = global_step;
   result.total_steps = total_steps;
   if (!main_rank) {
-    comm.barrier();  // rank 0 writes the outputs: the job is done when they exist
+    comm.barrier_without_deadline("outputs");  // rank 0 writes them: the job is done when they exist
     return result;
   }
 
   // --- Outputs -------------------------------------------------------------------------------
-  Json cfg_json = model->config().to_json();
-  cfg_json["train_mgm"] = Json{{"stage", stage_name(a.stage)},
-                               {"init", a.model_config.empty() ? "pretrained" : "random"},
-                               {"seed", a.seed},
-                               {"model_config", a.model_config},
-                               {"steps", total_steps}};
+  Json cfg_json = output_config(total_steps);
   if (a.stage == Stage::kPretrain) {
     models::save_mm_projector_bin(model, path_join(a.output_dir, "mm_projector.bin"));
     write_json_file(path_join(a.output_dir, "config.json"), cfg_json);
   } else if (a.lora_enable) {
-    if (a.mm_projector_lr >= 0) cfg_json["mm_projector_lr"] = a.mm_projector_lr;
     copy_tokenizer_files(a.tokenizer, a.output_dir);
     save_lora_outputs(model, lora_cfg, cfg_json,
                       [&a](const std::string& f) { return path_join(a.output_dir, f); });
   } else {
     const at::ScalarType out_dtype = amp ? *amp : at::kFloat;
-    cfg_json["torch_dtype"] = out_dtype == at::kBFloat16 ? "bfloat16" : out_dtype == at::kHalf ? "float16" : "float32";
+    cfg_json["torch_dtype"] = models::io::hf_torch_dtype(out_dtype);
     models::io::NamedTensors all;
     for (const auto& [name, t] : models::module_tensors(*model, "", /*include_buffers=*/false))
       all.emplace_back(name, t.detach().to(at::kCPU).to(out_dtype).contiguous());
@@ -706,7 +716,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
       log::warn("no loss plot: ", e.what());
     }
   }
-  comm.barrier();
+  comm.barrier_without_deadline("outputs");
   return result;
 }
 

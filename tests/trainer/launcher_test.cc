@@ -129,6 +129,36 @@ TEST(Launcher, OpenMpi) {
   EXPECT_EQ(m.master_port, 23456);
 }
 
+TEST(Launcher, MpichAndIntelMpi) {
+  const LaunchEnv e = detect_launch_env(Environment{{"PMI_RANK", "6"},
+                                                    {"PMI_SIZE", "8"},
+                                                    {"MPI_LOCALRANKID", "2"},
+                                                    {"MPI_LOCALNRANKS", "4"},
+                                                    {"MASTER_ADDR", "node01"},
+                                                    // Hydra's proxies run as SLURM tasks.
+                                                    {"SLURM_PROCID", "1"},
+                                                    {"SLURM_NTASKS", "2"},
+                                                    {"SLURM_LOCALID", "0"}});
+  EXPECT_EQ(e.launcher, "mpirun");
+  EXPECT_EQ(e.rank, 6);
+  EXPECT_EQ(e.world_size, 8);
+  EXPECT_EQ(e.local_rank, 2);
+  EXPECT_EQ(e.local_world_size, 4);
+  EXPECT_EQ(e.master_addr, "node01");
+  // Across nodes without MASTER_ADDR, and without the local rank: refused by name.
+  EXPECT_THROW(detect_launch_env(Environment{{"PMI_RANK", "6"},
+                                             {"PMI_SIZE", "8"},
+                                             {"MPI_LOCALRANKID", "2"},
+                                             {"MPI_LOCALNRANKS", "4"}}),
+               UsageError);
+  try {
+    detect_launch_env(Environment{{"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
+    ADD_FAILURE() << "no error";
+  } catch (const UsageError& x) {
+    EXPECT_NE(std::string(x.what()).find("MPI_LOCALRANKID"), std::string::npos) << x.what();
+  }
+}
+
 TEST(Launcher, Slurm) {
   const LaunchEnv e = detect_launch_env(Environment{{"SLURM_PROCID", "6"},
                                                     {"SLURM_NTASKS", "8"},
@@ -285,6 +315,28 @@ TEST(Launcher, TrainArgsTakeTheWorldFromTheLauncher) {
               std::string::npos);
     // Workers of a launcher must not launch workers themselves.
     EXPECT_NE(parse_error({"--nproc_per_node", "2"}).find("already started by torchrun"),
+              std::string::npos);
+  }
+  {
+    // One SLURM task starting its own workers (srun -n1 ... --nproc_per_node, as srun torchrun).
+    const ScopedEnv env({{"SLURM_PROCID", "0"},
+                         {"SLURM_NTASKS", "1"},
+                         {"SLURM_LOCALID", "0"},
+                         {"SLURM_JOB_NODELIST", "gpu07"}});
+    TrainArgs a;
+    std::string help;
+    ASSERT_TRUE(
+        parse_train_args({"--stage", "finetune", "--model_config", "c.json", "--tokenizer", "t",
+                          "--data_path", "d", "--output_dir", "o", "--nproc_per_node", "4"},
+                         &a, &help));
+    EXPECT_EQ(a.world_size(), 4);
+  }
+  {
+    const ScopedEnv env({{"SLURM_PROCID", "1"},
+                         {"SLURM_NTASKS", "2"},
+                         {"SLURM_LOCALID", "1"},
+                         {"SLURM_JOB_NODELIST", "gpu07"}});
+    EXPECT_NE(parse_error({"--nproc_per_node", "2"}).find("already started by slurm"),
               std::string::npos);
   }
   {
