@@ -148,8 +148,8 @@ int run_merge_cmd(const std::vector<std::string>& args) {
   }
   cli::ArgParser p("mgm eval merge",
                    "Concatenates chunk answer files in the given order (as the reference's cat "
-                   "of chunk files), checking every line and that no question is answered "
-                   "twice.");
+                   "of chunk files), checking every line, and refusing a file given twice and "
+                   "chunks whose settings records differ or repeat a chunk.");
   p.flag("inputs", cli::Kind::kString, "", "the chunk answer files, in chunk order");
   p.flag("output", cli::Kind::kString, "", "merged answers file (written atomically)", true);
   if (!p.parse(rest)) {
@@ -157,8 +157,16 @@ int run_merge_cmd(const std::vector<std::string>& args) {
     return 0;
   }
   if (inputs.empty()) throw UsageError("mgm eval merge: give --inputs FILE...");
-  const size_t n = merge_answer_files(inputs, p.str("output"));
-  std::printf("%s: %zu answers from %zu files\n", p.str("output").c_str(), n, inputs.size());
+  const MergeStats st = merge_answer_files(inputs, p.str("output"));
+  std::printf("%s: %zu answers from %zu files\n", p.str("output").c_str(), st.lines, inputs.size());
+  if (st.repeated > 0)
+    std::fprintf(stderr,
+                 "note: %zu answers repeat an earlier question (same id and prompt): as many as "
+                 "the question file repeats them?\n",
+                 st.repeated);
+  if (!st.missing_chunks.empty())
+    std::fprintf(stderr, "warning: chunks not given (the result is incomplete): %s\n",
+                 join(st.missing_chunks, ", ").c_str());
   return 0;
 }
 

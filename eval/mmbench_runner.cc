@@ -85,8 +85,10 @@ std::vector<MmbenchRow> read_mmbench_rows(const std::string& tsv_path) {
   std::set<int64_t> seen;
   for (size_t r = 1; r < records.size(); ++r) {
     const auto& rec = records[r];
-    MGM_CHECK_FORMAT(rec.fields.size() == header.size(), tsv_path, "line ", rec.line, ": expected ",
-                     header.size(), " tab-separated fields, found ", rec.fields.size());
+    const bool whole = rec.fields.size() == header.size();
+    MGM_CHECK_FORMAT(whole || static_cast<size_t>(c_index) < rec.fields.size(), tsv_path, "line ",
+                     rec.line, ": expected ", header.size(), " tab-separated fields, found ",
+                     rec.fields.size());
     MmbenchRow row;
     row.line = rec.line;
     const std::string& idx = rec.fields[c_index];
@@ -96,6 +98,12 @@ std::vector<MmbenchRow> read_mmbench_rows(const std::string& tsv_path) {
                      tsv_path, "line ", rec.line, ": index '", idx, "' is not an integer");
     MGM_CHECK_FORMAT(seen.insert(v).second, tsv_path, "line ", rec.line, ": duplicate index ", v);
     row.index = v;
+    if (!whole) {
+      row.problem = str_cat(tsv_path, " line ", rec.line, ": expected ", header.size(),
+                            " tab-separated fields, found ", rec.fields.size());
+      rows.push_back(std::move(row));
+      continue;
+    }
     row.question = rec.fields[c_question];
     if (c_hint >= 0 && !is_none(rec.fields[c_hint])) {
       row.hint = rec.fields[c_hint];
@@ -123,6 +131,15 @@ std::vector<EvalItem> mmbench_items(const MmbenchRow& row, const MmbenchPromptOp
   auto image = std::make_shared<const std::string>(row.image_base64);
   const std::string what = str_cat(where, " (index ", row.index, ")");
   std::vector<EvalItem> items;
+  if (!row.problem.empty()) {
+    EvalItem it;
+    it.where = where;
+    it.head["question_id"] = row.index;
+    it.head["round_id"] = int64_t{0};
+    it.problem = row.problem;
+    items.push_back(std::move(it));
+    return items;
+  }
   for (size_t r = 0; r < rounds; ++r) {
     std::string q = row.question;
     if (row.has_hint) q = row.hint + "\n" + q;

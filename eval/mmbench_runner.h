@@ -21,8 +21,11 @@ struct MmbenchRow {
   bool has_hint = false;
   std::vector<std::string> options;
   std::string image_base64;
+  std::string problem;  // a malformed row with a readable index: handled by --on_bad_sample
 };
 
+// The header, a row without an integer index and a duplicate index are fatal (FormatError
+// naming the line); any other malformed row is returned with `problem` set.
 std::vector<MmbenchRow> read_mmbench_rows(const std::string& tsv_path);
 
 struct MmbenchPromptOptions {

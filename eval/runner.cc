@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <filesystem>
 #include <set>
 
 #include "common/error.h"
@@ -288,18 +289,12 @@ BadSamplePolicy parse_bad_sample_policy(const std::string& s) {
   throw UsageError(str_cat("--on_bad_sample: expected error or skip, got '", s, "'"));
 }
 
-ExistingAnswers read_and_repair_answers(const std::string& path) {
+ExistingAnswers read_answers(const std::string& path) {
   ExistingAnswers ex;
   const std::string text = read_if_exists(path);
   const size_t last_nl = text.rfind('\n');
   const size_t complete = last_nl == std::string::npos ? 0 : last_nl + 1;
-  if (complete < text.size()) {
-    // A run killed mid-write leaves a partial last line; it is dropped (and regenerated) rather
-    // than parsed, and cut off the file so the next append starts on a fresh line.
-    ex.torn_bytes = text.size() - complete;
-    MGM_CHECK(::truncate(path.c_str(), static_cast<off_t>(complete)) == 0, path,
-              ": cannot truncate the partial last line: ", std::strerror(errno));
-  }
+  ex.complete_bytes = complete;
   size_t line_no = 0, pos = 0;
   while (pos < complete) {
     const size_t nl = text.find('\n', pos);
@@ -313,7 +308,34 @@ ExistingAnswers read_and_repair_answers(const std::string& path) {
                      ": not an answer object with a question_id");
     ex.lines.push_back(std::move(j));
   }
+  if (complete < text.size()) {
+    // A run killed mid-write leaves a partial last line, dropped (and regenerated); a whole
+    // answer that only lacks its newline (an edited file) is kept.
+    const std::string tail = text.substr(complete);
+    Json j;
+    try {
+      j = Json::parse(tail);
+    } catch (const std::exception&) {
+    }
+    if (j.is_object() && j.contains("question_id")) {
+      ex.lines.push_back(std::move(j));
+      ex.needs_newline = true;
+    } else {
+      ex.torn_bytes = tail.size();
+    }
+  }
   return ex;
+}
+
+void repair_answers(const std::string& path, const ExistingAnswers& ex) {
+  if (ex.torn_bytes > 0)
+    MGM_CHECK(::truncate(path.c_str(), static_cast<off_t>(ex.complete_bytes)) == 0, path,
+              ": cannot truncate the partial last line: ", std::strerror(errno));
+  if (ex.needs_newline) {
+    std::FILE* f = std::fopen(path.c_str(), "ab");
+    MGM_CHECK(f != nullptr && std::fputc('\n', f) == '\n' && std::fclose(f) == 0, path,
+              ": cannot end the last line: ", std::strerror(errno));
+  }
 }
 
 RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts) {
@@ -331,7 +353,7 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
 
   RunStats st;
   st.questions = items.size();
-  ExistingAnswers ex = read_and_repair_answers(path);
+  ExistingAnswers ex = read_answers(path);
   st.torn_bytes_dropped = ex.torn_bytes;
   const Json now = Json::parse(opts.settings.dump());
   if (path_exists(sidecar)) {
@@ -379,6 +401,7 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
       throw UsageError(str_cat(path, " line ", lines[0], ": ", describe(ex.lines[lines[0] - 1]),
                                " with this prompt is not among the questions of this run "
                                "(another question file or chunk?)"));
+  repair_answers(path, ex);  // only now that the file is known to be this run's
   if (!opts.quiet && (st.already_answered > 0 || ex.torn_bytes > 0))
     std::fprintf(stderr, "%s: resuming: %zu answered, %zu to go%s\n", path.c_str(),
                  st.already_answered, pending.size(),
@@ -482,13 +505,50 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
   return st;
 }
 
-size_t merge_answer_files(const std::vector<std::string>& inputs, const std::string& output) {
+MergeStats merge_answer_files(const std::vector<std::string>& inputs, const std::string& output) {
   if (inputs.empty()) throw UsageError("mgm eval merge: give --inputs");
-  std::map<std::string, std::string> seen;  // key -> "file line N"
-  std::string out;
-  size_t lines = 0;
+  MergeStats st;
+  std::map<std::string, std::string> files;  // canonical path -> as given
+  std::map<int64_t, std::string> chunks;     // chunk_idx -> file, from the settings records
+  Json common;                               // the records' settings but chunk_idx
+  std::string common_from;
+  int64_t num_chunks = 0;
   for (const auto& in : inputs) {
     MGM_CHECK(path_exists(in), in, ": no such answers file");
+    const std::string canon = std::filesystem::weakly_canonical(in).string();
+    if (auto [f, inserted] = files.emplace(canon, in); !inserted)
+      throw UsageError(str_cat("mgm eval merge: ", in, " is given twice (also as ", f->second, ")"));
+    const std::string sidecar = in + ".settings.json";
+    if (!path_exists(sidecar)) continue;
+    Json rec = read_json_file(sidecar);
+    const int64_t k = rec.value("chunk_idx", int64_t{0});
+    num_chunks = rec.value("num_chunks", int64_t{1});
+    rec.erase("chunk_idx");
+    if (common.is_null()) {
+      common = rec;
+      common_from = sidecar;
+    } else if (rec != common) {
+      std::vector<std::string> diffs;
+      for (auto it = rec.begin(); it != rec.end(); ++it)
+        if (!common.contains(it.key()) || common[it.key()] != it.value())
+          diffs.push_back(str_cat(it.key(), " ", it.value().dump(), " vs ",
+                                  common.contains(it.key()) ? common[it.key()].dump() : "(none)"));
+      for (auto it = common.begin(); it != common.end(); ++it)
+        if (!rec.contains(it.key())) diffs.push_back(str_cat(it.key(), " (none) vs ", it.value().dump()));
+      throw UsageError(str_cat("mgm eval merge: ", sidecar, " and ", common_from,
+                               " record different runs: ", join(diffs, "; ")));
+    }
+    if (auto [c, inserted] = chunks.emplace(k, in); !inserted)
+      throw UsageError(str_cat("mgm eval merge: chunk ", k, " is given twice (", c->second,
+                               " and ", in, ")"));
+  }
+  if (!chunks.empty())
+    for (int64_t k = 0; k < num_chunks; ++k)
+      if (!chunks.count(k)) st.missing_chunks.push_back(str_cat(k, " of ", num_chunks));
+
+  std::set<std::string> seen;
+  std::string out;
+  for (const auto& in : inputs) {
     const std::string text = read_file(in);
     size_t pos = 0, line_no = 0;
     while (pos < text.size()) {
@@ -502,16 +562,14 @@ size_t merge_answer_files(const std::vector<std::string>& inputs, const std::str
       const Json j = parse_json(line, where);
       MGM_CHECK_FORMAT(j.is_object() && j.contains("question_id"), in, "line ", line_no,
                        ": not an answer object with a question_id");
-      auto [it, inserted] = seen.emplace(answer_key(j), where);
-      MGM_CHECK_FORMAT(inserted, in, "line ", line_no, ": ", describe(j),
-                       " is answered twice (first in ", it->second, ")");
+      if (!seen.insert(answer_key(j)).second) ++st.repeated;
       out += line;
       out += '\n';
-      ++lines;
+      ++st.lines;
     }
   }
   write_file_atomic(output, out);
-  return lines;
+  return st;
 }
 
 }  // namespace mgm::eval

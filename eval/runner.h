@@ -117,15 +117,28 @@ OrderedJson base_settings(const std::string& benchmark, const EvalModelOptions& 
 // Answers `items` (in order) into opts.answers_file, resuming it if present.
 RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts);
 
-// The answers file's existing complete lines (a torn tail is cut off the file and counted).
+// The answers file's existing lines. Reading changes nothing; a tail without its newline is
+// counted as torn (a run killed mid-write), unless it is a whole answer object, which is kept.
 struct ExistingAnswers {
   std::vector<Json> lines;
-  size_t torn_bytes = 0;
+  size_t complete_bytes = 0;   // up to and including the last newline
+  size_t torn_bytes = 0;       // a partial last line to cut off before appending
+  bool needs_newline = false;  // the last answer is whole but lacks its newline
 };
-ExistingAnswers read_and_repair_answers(const std::string& path);
+ExistingAnswers read_answers(const std::string& path);
+// Makes the file end on a fresh line for appending: cuts a torn tail or adds the newline.
+void repair_answers(const std::string& path, const ExistingAnswers& ex);
 
-// `mgm eval merge`: concatenates chunk answer files in order into `output` (atomically),
-// refusing a question (answer_key) answered twice; returns the line count.
-size_t merge_answer_files(const std::vector<std::string>& inputs, const std::string& output);
+// `mgm eval merge`: concatenates chunk answer files in order into `output` (atomically), as the
+// reference's cat does, after checking every line. Refused: the same file twice, and chunk files
+// whose settings records (<file>.settings.json) differ in anything but chunk_idx or give the
+// same chunk twice. Repeated questions (same id and prompt) are allowed, as question files can
+// repeat a question (the runner answers each occurrence); they are counted.
+struct MergeStats {
+  size_t lines = 0;
+  size_t repeated = 0;  // answer lines whose question appeared on an earlier line
+  std::vector<std::string> missing_chunks;  // "k of N", from the settings records
+};
+MergeStats merge_answer_files(const std::vector<std::string>& inputs, const std::string& output);
 
 }  // namespace mgm::eval

@@ -303,6 +303,29 @@ TEST_F(EvalRunner, SettingsAreRecordedAndEnforced) {
   }
 }
 
+// An answers file this run refuses (no settings record: another tool's file) is left as it was,
+// and a whole last answer that only lacks its newline is kept on resume, not regenerated.
+TEST_F(EvalRunner, RefusedRunsLeaveTheFileAndWholeAnswersAreKept) {
+  const std::string d = test::temp_dir("eval_keep");
+  const std::string foreign = d + "/foreign.jsonl";
+  const std::string lines = "{\"question_id\": 1, \"prompt\": \"p\", \"text\": \"a\"}\n"
+                            "{\"question_id\": 2, \"prompt\": \"p\", \"text\": \"b\"}";
+  write_file_atomic(foreign, lines);
+  EXPECT_THROW(run_textvqa(textvqa(foreign)), UsageError);
+  EXPECT_EQ(read_file(foreign), lines);
+
+  const std::string a = d + "/answers.jsonl";
+  EXPECT_EQ(run_textvqa(textvqa(a)).answered, 6u);
+  const std::string full = read_file(a);
+  ASSERT_EQ(full.back(), '\n');
+  write_file_atomic(a, full.substr(0, full.size() - 1));
+  const RunStats st = run_textvqa(textvqa(a));
+  EXPECT_EQ(st.already_answered, 6u);
+  EXPECT_EQ(st.answered, 0u);
+  EXPECT_EQ(st.torn_bytes_dropped, 0u);
+  EXPECT_EQ(read_file(a), full);
+}
+
 TEST_F(EvalRunner, ChunksMergedEqualUnchunked) {
   const auto& ref = reference();
   const std::string d = test::temp_dir("eval_chunks");
@@ -314,19 +337,42 @@ TEST_F(EvalRunner, ChunksMergedEqualUnchunked) {
     EXPECT_EQ(run_textvqa(o).questions, k < 3 ? 2u : 0u);
     parts.push_back(o.run.answers_file);
   }
-  EXPECT_EQ(merge_answer_files(parts, d + "/merge.jsonl"), 6u);
+  const MergeStats ms = merge_answer_files(parts, d + "/merge.jsonl");
+  EXPECT_EQ(ms.lines, 6u);
+  EXPECT_EQ(ms.repeated, 0u);
+  EXPECT_TRUE(ms.missing_chunks.empty());
   const auto merged = lines_of(d + "/merge.jsonl");
   ASSERT_EQ(merged.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(stable(merged[i]), stable(ref[i])) << i;
-  // Merging the same chunk twice is refused, naming where.
-  try {
-    merge_answer_files({parts[0], parts[1], parts[0]}, d + "/dup.jsonl");
-    FAIL() << "expected a duplicate";
-  } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("4_0.jsonl line 1"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("answered twice"), std::string::npos) << e.what();
-  }
+  // The same chunk twice is refused, naming the files: given twice, or as a copy.
+  auto merge_error = [&](const std::vector<std::string>& in) {
+    try {
+      merge_answer_files(in, d + "/dup.jsonl");
+    } catch (const UsageError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(merge_error({parts[0], parts[1], parts[0]}).find("4_0.jsonl is given twice"),
+            std::string::npos);
+  write_file_atomic(d + "/copy.jsonl", read_file(parts[0]));
+  write_file_atomic(d + "/copy.jsonl.settings.json", read_file(parts[0] + ".settings.json"));
+  EXPECT_NE(merge_error({parts[0], parts[1], d + "/copy.jsonl"}).find("chunk 0 is given twice"),
+            std::string::npos);
+  // Chunks of another run (other settings) are refused; a missing chunk is reported.
+  auto other = textvqa(d + "/other_1.jsonl", 8);
+  other.num_chunks = 4;
+  other.chunk_idx = 1;
+  other.run.generation.max_new_tokens = 5;
+  run_textvqa(other);
+  EXPECT_NE(merge_error({parts[0], other.run.answers_file}).find("max_new_tokens 5 vs 6"),
+            std::string::npos);
   EXPECT_FALSE(path_exists(d + "/dup.jsonl"));
+  EXPECT_EQ(merge_answer_files({parts[0], parts[1]}, d + "/part.jsonl").missing_chunks,
+            (std::vector<std::string>{"2 of 4", "3 of 4"}));
+  // A question file may repeat a question; its answers repeat too and are counted.
+  write_file_atomic(d + "/rep.jsonl", merged[0] + "\n" + merged[0] + "\n");
+  EXPECT_EQ(merge_answer_files({d + "/rep.jsonl"}, d + "/rep_out.jsonl").repeated, 1u);
   // Through the command: space-separated inputs.
   auto cmds = eval_commands();
   for (auto& c : cmds) {
@@ -511,6 +557,25 @@ TEST_F(EvalRunner, MmbenchEndToEnd) {
   o.prompt.all_rounds = true;
   o.run.answers_file = d + "/rounds.jsonl";
   EXPECT_EQ(run_mmbench(o).answered, 8u);
+
+  // A cut-short row with a readable index is a bad sample under --on_bad_sample; a row without
+  // an integer index stops the run, naming its line.
+  write_file_atomic(d + "/short.tsv", tsv + "7\tWhat?\tnan\tred\n");
+  const auto short_rows = read_mmbench_rows(d + "/short.tsv");
+  ASSERT_EQ(short_rows.size(), 4u);
+  EXPECT_NE(short_rows[3].problem.find("short.tsv line 5: expected 14 tab-separated fields, found 4"),
+            std::string::npos)
+      << short_rows[3].problem;
+  o.prompt.all_rounds = false;
+  o.question_file = d + "/short.tsv";
+  o.run.answers_file = d + "/short.jsonl";
+  EXPECT_THROW(run_mmbench(o), Error);
+  o.run.on_bad_sample = BadSamplePolicy::kSkip;
+  const RunStats st = run_mmbench(o);
+  EXPECT_EQ(st.skipped, 1u);
+  EXPECT_EQ(st.answered + st.already_answered, 3u);
+  write_file_atomic(d + "/noindex.tsv", tsv + "x\tWhat?\n");
+  EXPECT_THROW(read_mmbench_rows(d + "/noindex.tsv"), FormatError);
 }
 
 }  // namespace
