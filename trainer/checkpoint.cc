@@ -104,15 +104,24 @@ std::string CheckpointWriter::commit(const Json& trainer_state) {
   return final_;
 }
 
-std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit) {
+std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit,
+                                            int64_t current) {
   std::vector<std::string> removed;
   if (limit <= 0) return removed;
-  std::vector<CheckpointInfo> all = list_checkpoints(output_dir);
-  // The newest is last; it is never among the ones removed because limit >= 1.
-  while (static_cast<int64_t>(all.size()) > limit) {
-    remove_tree(all.front().path);
-    removed.push_back(all.front().path);
-    all.erase(all.begin());
+  // Deletion order: beyond `current`, highest first (what a restart would wrongly resume from),
+  // then the oldest.
+  const std::vector<CheckpointInfo> all = list_checkpoints(output_dir);
+  std::vector<CheckpointInfo> others;
+  for (auto it = all.rbegin(); it != all.rend(); ++it)
+    if (it->step > current) others.push_back(*it);
+  for (const auto& c : all)
+    if (c.step < current) others.push_back(c);
+  const int64_t keep_others = limit - 1;  // checkpoint-`current` counts as one
+  for (size_t i = 0; static_cast<int64_t>(others.size() - i) > keep_others; ++i) {
+    const std::string doomed = str_cat(others[i].path, ".tmp-del-", static_cast<int64_t>(getpid()));
+    rename_into_place(others[i].path, doomed);
+    remove_tree(doomed);
+    removed.push_back(others[i].path);
   }
   return removed;
 }

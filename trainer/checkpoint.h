@@ -42,8 +42,12 @@ class CheckpointWriter {
   bool done_ = false;
 };
 
-// Deletes the oldest complete checkpoints beyond `limit` (0: keep all), never the newest.
-// Returns the deleted folders.
-std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit);
+// Keeps at most `limit` complete checkpoints (0: keep all), never deleting checkpoint-`current`
+// (the one just committed). Checkpoints beyond `current` belong to an earlier run's trajectory
+// (an --overwrite_output_dir run or a --resume_from_checkpoint from an older step) and go
+// first (highest first), then the oldest. Each is renamed to an incomplete name before it is removed, so a kill
+// mid-removal never leaves a half-deleted folder that looks complete. Returns the deleted folders.
+std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit,
+                                            int64_t current);
 
 }  // namespace mgm::trainer

@@ -414,8 +414,11 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
     optimizer.load_state_tensors(models::io::load_all(path_join(resume_dir, optimizer_file)),
                                  path_join(resume_dir, optimizer_file));
     if (st.contains("loss_scaler")) scaler = DynamicLossScaler::from_json(st["loss_scaler"]);
-    set_rng_state(models::io::TensorStore::open(path_join(resume_dir, "rng_state" + rank_suffix + ".safetensors")),
-                  device);
+    const models::io::TensorStore own =
+        models::io::TensorStore::open(path_join(resume_dir, "rng_state" + rank_suffix + ".safetensors"));
+    set_rng_state(own, device);
+    // This rank's own count of skipped samples (trainer_state.json holds rank 0's).
+    if (own.contains("skipped_samples")) skipped_total = own.get("skipped_samples").item<int64_t>();
     result.resumed_from_step = global_step;
     log::info("resuming from ", resume_dir, " (step ", global_step, " of ", total_steps, ")");
   }
@@ -514,8 +517,11 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
         a.fp16 ? "" : " (bf16/fp32 runs stop instead of skipping; lower the learning rate or check the data)"));
   };
 
+  // The scheduler steps with the optimizer: steps the fp16 loss scaler skipped do not count, as
+  // in DeepSpeed and HF's optimizer_step_was_skipped (the count is in the scaler's state).
+  auto scheduler_steps = [&] { return global_step - (a.fp16 ? scaler.skipped_steps() : 0); };
   while (global_step < total_steps) {
-    const double lr = lr_at(sched, global_step);
+    const double lr = lr_at(sched, scheduler_steps());
     int64_t step_samples = 0, step_tokens = 0;
     std::vector<std::string> step_ids;
     at::Tensor step_loss = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
@@ -565,7 +571,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
     if (check_each_step && !overflow) check_finite(step_loss);
     if (!overflow) {
       if (a.mm_projector_lr >= 0)  // HF's LambdaLR scales each group's own initial lr
-        optimizer.step({lr, a.mm_projector_lr * lr_lambda(sched, global_step)});
+        optimizer.step({lr, a.mm_projector_lr * lr_lambda(sched, scheduler_steps())});
       else
         optimizer.step(lr);
     }
@@ -592,10 +598,12 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
       const double loss_v = window_micro > 0 ? window_loss.item<double>() / static_cast<double>(window_micro) : 0.0;
       const double norm_v = grad_norm.item<double>();
       const double epoch = static_cast<double>(global_step * accum) / static_cast<double>(bpe);
-      progress.print(hf_log_line(loss_v, norm_v, lr, epoch));
+      // HF logs get_last_lr() after the scheduler stepped: the lr of the next step.
+      const double next_lr = lr_at(sched, scheduler_steps());
+      progress.print(hf_log_line(loss_v, norm_v, next_lr, epoch));
       if (pmode == ProgressMode::kPlain) progress.print(progress.status_line());
       Json m{{"step", global_step}, {"epoch", epoch}, {"loss", loss_v}, {"grad_norm", norm_v},
-             {"learning_rate", lr}, {"samples_per_second", progress.samples_per_second()},
+             {"learning_rate", next_lr}, {"samples_per_second", progress.samples_per_second()},
              {"tokens_per_second", progress.tokens_per_second()}, {"elapsed_s", progress.elapsed()}};
       if (a.fp16) {
         m["loss_scale"] = scaler.scale();
@@ -631,7 +639,10 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
         for (auto& [n, t] : optimizer.state_tensors()) os.emplace_back(n, t.detach().to(at::kCPU).contiguous());
         models::io::save_safetensors(path_join(tmp_dir, optimizer_file), os);
       }
-      models::io::save_safetensors(path_join(tmp_dir, "rng_state" + rank_suffix + ".safetensors"), rng_state(device));
+      // The per-rank file: RNG states and this rank's skipped-sample count.
+      models::io::NamedTensors own = rng_state(device);
+      own.emplace_back("skipped_samples", at::scalar_tensor(skipped_total, at::kLong));
+      models::io::save_safetensors(path_join(tmp_dir, "rng_state" + rank_suffix + ".safetensors"), own);
       // Every rank's files are complete before the commit.
       comm.barrier_without_deadline(str_cat("checkpoint-", global_step, "/files"));
       Json st{{"global_step", global_step}, {"total_steps", total_steps},
@@ -642,7 +653,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
               {"loss_scaler", scaler.to_json()}, {"args", args_json}};
       if (main_rank) {
         last_checkpoint = w->commit(st);
-        for (const auto& r : rotate_checkpoints(a.output_dir, a.save_total_limit))
+        for (const auto& r : rotate_checkpoints(a.output_dir, a.save_total_limit, global_step))
           log::info("removed old checkpoint ", r, " (--save_total_limit ", a.save_total_limit, ")");
         progress.print(str_cat("saved ", last_checkpoint));
       } else {

@@ -128,7 +128,7 @@ TEST(Checkpoints, CompleteOnlyRotationKeepsNewest) {
   EXPECT_FALSE(path_exists(out + "/checkpoint-8"));
   EXPECT_EQ(remove_incomplete_checkpoints(out), 1);
   EXPECT_FALSE(path_exists(out + "/checkpoint-10.tmp-123"));
-  const auto removed = rotate_checkpoints(out, 1);
+  const auto removed = rotate_checkpoints(out, 1, 6);
   EXPECT_EQ(removed.size(), 2u);
   cps = list_checkpoints(out);
   ASSERT_EQ(cps.size(), 1u);
@@ -139,6 +139,21 @@ TEST(Checkpoints, CompleteOnlyRotationKeepsNewest) {
   w.commit(Json{{"global_step", 6}});
   EXPECT_FALSE(path_exists(out + "/checkpoint-6/a.txt"));
   EXPECT_EQ(read_file(out + "/checkpoint-6/b.txt"), "new");
+  // An earlier run's checkpoint beyond the one just written goes first; the new one stays.
+  {
+    CheckpointWriter old_run(out, 700);
+    old_run.commit(Json{{"global_step", 700}});
+    CheckpointWriter w4(out, 4);
+    w4.commit(Json{{"global_step", 4}});
+  }
+  EXPECT_EQ(rotate_checkpoints(out, 2, 4), (std::vector<std::string>{out + "/checkpoint-700"}));
+  cps = list_checkpoints(out);
+  ASSERT_EQ(cps.size(), 2u);
+  EXPECT_EQ(cps[0].step, 4);
+  EXPECT_EQ(cps[1].step, 6);
+  EXPECT_EQ(rotate_checkpoints(out, 1, 4), (std::vector<std::string>{out + "/checkpoint-6"}));
+  EXPECT_EQ(list_checkpoints(out).size(), 1u);
+  EXPECT_EQ(list_checkpoints(out)[0].step, 4);
 }
 
 TEST(Metrics, PythonFloatRepr) {

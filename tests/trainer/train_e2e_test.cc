@@ -16,6 +16,7 @@
 #include "models/mgm.h"
 #include "tests_util.h"
 #include "trainer/checkpoint.h"
+#include "trainer/schedule.h"
 
 namespace mgm::trainer {
 namespace {
@@ -102,6 +103,23 @@ TEST_F(TrainE2E, PretrainThenFinetuneLearns) {
   ASSERT_EQ(l.size(), 40u);
   // Short templated answers: a real run falls far below the ln(vocab) start.
   EXPECT_LT(mean(l, 35, 40), 0.5 * mean(l, 0, 3)) << "first " << l[0] << " last " << l.back();
+  // The logged learning rate is HF's: get_last_lr() after the scheduler stepped, i.e. the lr of
+  // the next step (warmup 2 of 40, cosine): 1.5e-3 at step 1 ... 0 at step 40.
+  {
+    ScheduleConfig sc;
+    sc.type = LrSchedule::kCosine;
+    sc.base_lr = 3e-3;
+    sc.total_steps = 40;
+    sc.warmup_steps = 2;
+    std::ifstream in(o2 + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const Json j = Json::parse(line);
+      const int64_t step = j.at("step").get<int64_t>();
+      EXPECT_DOUBLE_EQ(j.at("learning_rate").get<double>(), lr_at(sc, step)) << line;
+    }
+    EXPECT_DOUBLE_EQ(lr_at(sc, 1), 1.5e-3);
+  }
   EXPECT_TRUE(path_exists(o2 + "/loss.png"));
   EXPECT_TRUE(path_exists(o2 + "/train_results.json"));
   EXPECT_TRUE(path_exists(o2 + "/tokenizer.model"));
