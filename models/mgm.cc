@@ -464,46 +464,62 @@ MgmForCausalLMImpl::Prepared MgmForCausalLMImpl::prepare_inputs(const at::Tensor
 
   const auto dev = llm->model->embed_tokens->weight.device();
   const int64_t max_len = cfg_.tokenizer_model_max_length;
-  std::vector<at::Tensor> embeds, labs;
-  int64_t img = 0, longest = 0;
+  // Every text token of the batch is embedded in one lookup after one host-to-device copy (a
+  // copy per text piece would wait for the GPU each time); samples are then spliced from
+  // slices of it and the image features.
+  struct Segment {
+    int64_t text_begin = 0, text_len = 0;  // into all_ids, or
+    int64_t image = -1;                    // an image feature index
+  };
+  std::vector<std::vector<Segment>> segments(B);
+  std::vector<int64_t> all_ids;
+  std::vector<at::Tensor> labs;
+  int64_t img = 0;
   for (int64_t b = 0; b < B; ++b) {
-    std::vector<int64_t> piece_ids, piece_labels;
-    std::vector<at::Tensor> e, l;
-    auto flush = [&] {
-      if (piece_ids.empty()) return;
-      const at::Tensor pid = at::tensor(piece_ids, at::kLong);
-      e.push_back(llm->embed(pid.to(dev)));
-      l.push_back(at::tensor(piece_labels, at::kLong));
-      piece_ids.clear();
-      piece_labels.clear();
-    };
+    std::vector<int64_t> sample_labels;
     const auto* lp = lab.data_ptr<int64_t>() + b * L;
     for (int64_t t = 0; t < L; ++t) {
       if (!mp[b * L + t]) continue;
       const int64_t id = idp[b * L + t];
       if (id == kImageTokenIndex) {
-        flush();
-        const at::Tensor f = image_features[img++];
-        e.push_back(f.to(dev));
-        l.push_back(at::full({f.size(0)}, kIgnoreIndex, at::kLong));
+        const int64_t n = image_features[img].size(0);
+        segments[b].push_back({0, 0, img++});
+        sample_labels.insert(sample_labels.end(), static_cast<size_t>(n), kIgnoreIndex);
       } else {
-        piece_ids.push_back(id);
-        piece_labels.push_back(lp[t]);
+        if (segments[b].empty() || segments[b].back().image >= 0)
+          segments[b].push_back({static_cast<int64_t>(all_ids.size()), 0, -1});
+        all_ids.push_back(id);
+        ++segments[b].back().text_len;
+        sample_labels.push_back(lp[t]);
       }
     }
-    flush();
     if (markers[b] == 0 && placeholders) ++img;  // the unused zero image of a text-only sample
+    labs.push_back(at::tensor(sample_labels, at::kLong));
+  }
+  auto to_device = [&dev](at::Tensor t) {
+    if (!dev.is_cuda()) return t;
+    return t.pin_memory().to(dev, /*non_blocking=*/true);
+  };
+  const at::Tensor all_emb =
+      llm->embed(to_device(at::tensor(all_ids, at::kLong)));  // [text tokens, hidden]
+  std::vector<at::Tensor> embeds;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<at::Tensor> e;
+    for (const Segment& s : segments[b])
+      e.push_back(s.image >= 0 ? image_features[s.image].to(dev)
+                               : all_emb.narrow(0, s.text_begin, s.text_len));
     at::Tensor se = e.empty() ? at::zeros({0, cfg_.gemma.hidden_size},
                                           llm->model->embed_tokens->weight.options())
                               : at::cat(e, 0);
-    at::Tensor sl = l.empty() ? at::zeros({0}, at::kLong) : at::cat(l, 0);
+    at::Tensor sl = labs[b];
     if (max_len > 0 && se.size(0) > max_len) {
       se = se.slice(0, 0, max_len);
       sl = sl.slice(0, 0, max_len);
     }
     longest = std::max(longest, se.size(0));
     embeds.push_back(se);
-    labs.push_back(sl);
+    labs[b] = sl;
   }
   // Right padding with zero embeddings, -100 labels, mask false.
   Prepared out;
@@ -519,8 +535,8 @@ MgmForCausalLMImpl::Prepared MgmForCausalLMImpl::prepare_inputs(const at::Tensor
     pm.push_back(at::cat({at::ones({n}, at::kBool), at::zeros({pad}, at::kBool)}, 0));
   }
   out.inputs_embeds = at::stack(pe, 0);
-  out.attention_mask = at::stack(pm, 0).to(dev);
-  if (labels.defined()) out.labels = at::stack(pl, 0).to(dev);
+  out.attention_mask = to_device(at::stack(pm, 0));
+  if (labels.defined()) out.labels = to_device(at::stack(pl, 0));
   return out;
 }
 
