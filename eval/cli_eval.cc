@@ -28,7 +28,9 @@ void common_flags(cli::ArgParser& p, const std::string& max_new_tokens) {
   p.flag("top_k", cli::Kind::kInt, "50",
          "top-k filter when sampling (50 as transformers' generate default; 0: off)");
   p.flag("num_beams", cli::Kind::kInt, "1", "only 1 (the reference's setting) is supported");
-  p.flag("seed", cli::Kind::kInt, "0", "sampling seed");
+  p.flag("seed", cli::Kind::kInt, "0",
+         "sampling seed (each question draws from its own generator, seeded by this and the "
+         "question, so answers do not depend on --batch_size or on resuming)");
   p.flag("max_new_tokens", cli::Kind::kInt, max_new_tokens, "tokens generated at most");
   p.flag("num-chunks", cli::Kind::kInt, "1", "split the questions into this many chunks");
   p.flag("chunk-idx", cli::Kind::kInt, "0", "the chunk this process answers");

@@ -473,6 +473,16 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
                    .to(tower_w.device(), tower_w.scalar_type());
       images_aux = aux_cpu.to(tower_w.device(), tower_w.scalar_type());
     }
+    // Sampling: each question draws from its own generator, seeded by --seed and the question
+    // (FNV-1a of its key), so an answer does not depend on the batch size or where a resumed
+    // run starts.
+    gen.row_seeds.clear();
+    if (gen.temperature > 0)
+      for (const EvalItem* it : batch) {
+        uint64_t h = 1469598103934665603ull;
+        for (unsigned char c : answer_key(it->head)) h = (h ^ c) * 1099511628211ull;
+        gen.row_seeds.push_back(h ^ (opts.generation.seed * 0x9E3779B97F4A7C15ull));
+      }
     const auto outputs = models::generate(m.model, prompts, images, images_aux, gen);
     std::string block;
     for (size_t i = 0; i < batch.size(); ++i) {

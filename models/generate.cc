@@ -72,7 +72,7 @@ std::string trim_at_stop_string(const std::string& text, const std::vector<std::
 }
 
 std::vector<int64_t> select_next_tokens(const at::Tensor& logits, const GenerationConfig& cfg,
-                                        at::Generator& gen) {
+                                        std::vector<at::Generator>& gens) {
   MGM_CHECK(logits.dim() == 2, "select_next_tokens: logits must be [B, V], found ", logits.sizes());
   at::Tensor chosen;
   if (cfg.temperature <= 0.0) {
@@ -93,7 +93,17 @@ std::vector<int64_t> select_next_tokens(const at::Tensor& logits, const Generati
       const at::Tensor mask = at::zeros_like(remove).scatter(1, order, remove);
       s = s.masked_fill(mask, neg_inf);
     }
-    chosen = at::multinomial(s.softmax(-1), 1, /*replacement=*/false, gen).squeeze(1);
+    const at::Tensor probs = s.softmax(-1);
+    MGM_CHECK(gens.size() == 1 || static_cast<int64_t>(gens.size()) == probs.size(0),
+              "select_next_tokens: ", gens.size(), " generators for ", probs.size(0), " rows");
+    if (gens.size() == 1) {
+      chosen = at::multinomial(probs, 1, /*replacement=*/false, gens[0]).squeeze(1);
+    } else {
+      std::vector<at::Tensor> rows;
+      for (int64_t b = 0; b < probs.size(0); ++b)
+        rows.push_back(at::multinomial(probs[b], 1, /*replacement=*/false, gens[static_cast<size_t>(b)]));
+      chosen = at::cat(rows, 0);
+    }
   }
   chosen = chosen.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t* p = chosen.data_ptr<int64_t>();
@@ -172,11 +182,15 @@ std::vector<std::vector<int64_t>> generate(MgmForCausalLM& model,
   at::Tensor hidden = llm->hidden_states(embeds, opts);
   at::Tensor logits = llm->logits(hidden.select(1, L - 1)).to(at::kFloat);
 
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(cfg.seed);
+  MGM_CHECK(cfg.row_seeds.empty() || static_cast<int64_t>(cfg.row_seeds.size()) == B,
+            "generate: ", cfg.row_seeds.size(), " row seeds for ", B, " prompts");
+  std::vector<at::Generator> gens;
+  if (cfg.row_seeds.empty()) gens.push_back(at::make_generator<at::CPUGeneratorImpl>(cfg.seed));
+  for (uint64_t s : cfg.row_seeds) gens.push_back(at::make_generator<at::CPUGeneratorImpl>(s));
   std::vector<bool> done(B, false);
   int64_t remaining = B;
   for (int64_t step = 0; step < cfg.max_new_tokens; ++step) {
-    std::vector<int64_t> next = select_next_tokens(logits, cfg, gen);
+    std::vector<int64_t> next = select_next_tokens(logits, cfg, gens);
     for (int64_t b = 0; b < B; ++b) {
       if (done[b]) {
         next[b] = pad_id;  // finished sequences keep feeding padding; their outputs are unused

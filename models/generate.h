@@ -29,6 +29,9 @@ struct GenerationConfig {
   std::vector<std::string> stop_strings;
   std::function<std::string(const std::vector<int64_t>&)> decode;
   uint64_t seed = 0;  // sampling RNG (CPU generator, so a seed gives the same draws anywhere)
+  // When set (one per prompt), each sequence samples from its own CPU generator seeded so, and
+  // its draws do not depend on the batch it is in; otherwise one generator (seed) serves all.
+  std::vector<uint64_t> row_seeds;
 };
 
 // prompts: token ids with kImageTokenIndex markers. images / images_aux: either one pair per
@@ -44,9 +47,10 @@ std::vector<std::vector<int64_t>> generate(MgmForCausalLM& model,
 std::string trim_at_stop_string(const std::string& text, const std::vector<std::string>& stops);
 
 // One sampling step over fp32 logits [B, V] as transformers' warpers do it: temperature, then
-// top-k, then top-p (keeping at least one token), then a multinomial draw with `gen`. Greedy
-// (argmax) when temperature <= 0. Returns the chosen ids.
+// top-k, then top-p (keeping at least one token), then a multinomial draw with `gens`: one
+// generator for the whole batch, or one per row. Greedy (argmax) when temperature <= 0.
+// Returns the chosen ids.
 std::vector<int64_t> select_next_tokens(const at::Tensor& logits, const GenerationConfig& cfg,
-                                        at::Generator& gen);
+                                        std::vector<at::Generator>& gens);
 
 }  // namespace mgm::models

@@ -326,6 +326,34 @@ TEST_F(EvalRunner, RefusedRunsLeaveTheFileAndWholeAnswersAreKept) {
   EXPECT_EQ(read_file(a), full);
 }
 
+// Sampled answers depend on --seed and the question, not on the batch it landed in.
+TEST_F(EvalRunner, SampledAnswersDoNotDependOnTheBatchSize) {
+  const std::string d = test::temp_dir("eval_sample");
+  std::vector<std::vector<std::string>> runs;
+  for (int64_t batch : {1, 4}) {
+    auto o = textvqa(str_cat(d, "/b", batch, ".jsonl"), batch);
+    o.run.generation.temperature = 1.0;
+    o.run.generation.top_k = 0;
+    o.run.generation.seed = 3;
+    run_textvqa(o);
+    std::vector<std::string> s;
+    for (const auto& l : lines_of(o.run.answers_file)) s.push_back(stable(l));
+    runs.push_back(s);
+  }
+  ASSERT_EQ(runs[0].size(), 6u);
+  EXPECT_EQ(runs[0], runs[1]);
+  EXPECT_NE(runs[0], [&] {  // and it is sampling: another seed answers otherwise
+    auto o = textvqa(d + "/seed4.jsonl", 4);
+    o.run.generation.temperature = 1.0;
+    o.run.generation.top_k = 0;
+    o.run.generation.seed = 4;
+    run_textvqa(o);
+    std::vector<std::string> s;
+    for (const auto& l : lines_of(o.run.answers_file)) s.push_back(stable(l));
+    return s;
+  }());
+}
+
 TEST_F(EvalRunner, ChunksMergedEqualUnchunked) {
   const auto& ref = reference();
   const std::string d = test::temp_dir("eval_chunks");

@@ -174,6 +174,21 @@ TEST_F(Generate, SamplingIsSeededAndFiltersReduceToGreedy) {
   EXPECT_EQ(generate(model(), ps, lr, aux, s), a);  // same seed, same draws
   s.seed = 6;
   EXPECT_NE(generate(model(), ps, lr, aux, s), a);
+  // One generator per row: a prompt samples the same continuation alone as in the batch.
+  GenerationConfig r = s;
+  r.row_seeds = {11, 12, 13};
+  const auto rows = generate(model(), ps, lr, aux, r);
+  std::set<std::vector<int64_t>> distinct(rows.begin(), rows.end());
+  EXPECT_EQ(distinct.size(), 3u);
+  for (size_t b = 0; b < ps.size(); ++b) {
+    const bool img = b != 1;
+    GenerationConfig one = r;
+    one.row_seeds = {r.row_seeds[b]};
+    EXPECT_EQ(generate(model(), {ps[b]}, img ? lr.slice(0, b, b + 1) : at::Tensor(),
+                       img ? aux.slice(0, b, b + 1) : at::Tensor(), one)[0],
+              rows[b])
+        << "prompt " << b;
+  }
   s.top_k = 1;  // only the argmax survives
   EXPECT_EQ(generate(model(), ps, lr, aux, s), want);
   s.top_k = 0;
@@ -183,7 +198,7 @@ TEST_F(Generate, SamplingIsSeededAndFiltersReduceToGreedy) {
   // The filters on hand-made logits: probabilities (0.5, 0.3, 0.15, 0.05).
   const at::Tensor logits =
       at::tensor(std::vector<float>{0.5f, 0.3f, 0.15f, 0.05f}).log().unsqueeze(0);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  std::vector<at::Generator> gen{at::make_generator<at::CPUGeneratorImpl>(1)};
   GenerationConfig f;
   f.temperature = 1.0;
   f.top_p = 0.75;  // cumulative ascending 0.05, 0.2, 0.5 <= 0.25 removes the two smallest
