@@ -58,6 +58,19 @@ int remove_incomplete_checkpoints(const std::string& output_dir) {
     if (dot != std::string::npos && checkpoint_step(name.substr(0, dot)) >= 0 && e.is_directory())
       stale.push_back(e.path().string());
   }
+  // A re-save of a step moves the complete old folder aside (".tmp-old-") before renaming the
+  // new one into place; killed between the two renames, the old one is put back.
+  std::sort(stale.begin(), stale.end());
+  for (auto& s : stale) {
+    const size_t dot = s.rfind(".tmp-old-");
+    if (dot == std::string::npos) continue;
+    const std::string final_name = s.substr(0, dot);
+    if (path_exists(final_name) || !path_exists(path_join(s, kTrainerStateFile))) continue;
+    log::warn("restoring ", final_name, " (a re-save of it was interrupted)");
+    rename_into_place(s, final_name);
+    s.clear();
+  }
+  stale.erase(std::remove(stale.begin(), stale.end(), std::string()), stale.end());
   for (const auto& s : stale) {
     log::warn("removing the incomplete checkpoint ", s, " (an interrupted save)");
     remove_tree(s);

@@ -21,7 +21,9 @@ constexpr const char* kTrainerStateFile = "trainer_state.json";
 
 // Complete checkpoints in output_dir, oldest first.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir);
-// Removes leftovers of interrupted saves (checkpoint-N.tmp-*); returns how many.
+// Removes leftovers of interrupted saves (checkpoint-N.tmp-*), except that the old folder of an
+// interrupted re-save (checkpoint-N.tmp-old-*) is renamed back when checkpoint-N is missing;
+// returns how many were removed.
 int remove_incomplete_checkpoints(const std::string& output_dir);
 
 // Collects one checkpoint's files in a temporary folder; commit() writes trainer_state.json,
@@ -45,8 +47,9 @@ class CheckpointWriter {
 // Keeps at most `limit` complete checkpoints (0: keep all), never deleting checkpoint-`current`
 // (the one just committed). Checkpoints beyond `current` belong to an earlier run's trajectory
 // (an --overwrite_output_dir run or a --resume_from_checkpoint from an older step) and go
-// first (highest first), then the oldest. Each is renamed to an incomplete name before it is removed, so a kill
-// mid-removal never leaves a half-deleted folder that looks complete. Returns the deleted folders.
+// first (highest first), then the oldest. Each is renamed to an incomplete name before it is
+// removed, so a kill mid-removal never leaves a half-deleted folder that looks complete.
+// Returns the deleted folders.
 std::vector<std::string> rotate_checkpoints(const std::string& output_dir, int64_t limit,
                                             int64_t current);
 

@@ -154,6 +154,16 @@ TEST(Checkpoints, CompleteOnlyRotationKeepsNewest) {
   EXPECT_EQ(rotate_checkpoints(out, 1, 4), (std::vector<std::string>{out + "/checkpoint-6"}));
   EXPECT_EQ(list_checkpoints(out).size(), 1u);
   EXPECT_EQ(list_checkpoints(out)[0].step, 4);
+  // A re-save killed between its two renames: the old complete folder is put back.
+  make_dirs(out + "/checkpoint-4.tmp-old-999");
+  write_file_atomic(out + "/checkpoint-4.tmp-old-999/" + kTrainerStateFile, "{}");
+  make_dirs(out + "/checkpoint-4.tmp-1000");
+  write_file_atomic(out + "/checkpoint-4.tmp-1000/" + kTrainerStateFile, "{}");
+  remove_tree(out + "/checkpoint-4");
+  EXPECT_EQ(remove_incomplete_checkpoints(out), 1);  // the new copy; the old one restored
+  ASSERT_EQ(list_checkpoints(out).size(), 1u);
+  EXPECT_EQ(list_checkpoints(out)[0].step, 4);
+  EXPECT_FALSE(path_exists(out + "/checkpoint-4.tmp-old-999"));
 }
 
 TEST(Metrics, PythonFloatRepr) {
