@@ -62,9 +62,10 @@ int remove_incomplete_checkpoints(const std::string& output_dir) {
   // new one into place; killed between the two renames, the old one is put back.
   std::sort(stale.begin(), stale.end());
   for (auto& s : stale) {
-    const size_t dot = s.rfind(".tmp-old-");
+    const std::string name = fs::path(s).filename().string();
+    const size_t dot = name.find(".tmp-old-");
     if (dot == std::string::npos) continue;
-    const std::string final_name = s.substr(0, dot);
+    const std::string final_name = path_join(output_dir, name.substr(0, dot));
     if (path_exists(final_name) || !path_exists(path_join(s, kTrainerStateFile))) continue;
     log::warn("restoring ", final_name, " (a re-save of it was interrupted)");
     rename_into_place(s, final_name);
@@ -109,7 +110,11 @@ std::string CheckpointWriter::commit(const Json& trainer_state) {
     const std::string old = str_cat(final_, ".tmp-old-", static_cast<int64_t>(getpid()));
     rename_into_place(final_, old);
     rename_into_place(tmp_, final_);
-    remove_tree(old);
+    // Out of the way under a name the next start only ever deletes, then removed: a kill
+    // mid-removal never leaves a partial ".tmp-old-" folder that would be restored.
+    const std::string doomed = str_cat(final_, ".tmp-del-", static_cast<int64_t>(getpid()));
+    rename_into_place(old, doomed);
+    remove_tree(doomed);
   } else {
     rename_into_place(tmp_, final_);
   }

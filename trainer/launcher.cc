@@ -197,8 +197,12 @@ LaunchEnv detect_launch_env(const Environment& env) {
       {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
        "OMPI_COMM_WORLD_LOCAL_SIZE"},
       {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"}};
-  for (const auto& v : kMpi) {
+  for (size_t row = 0; row < 2; ++row) {
+    const char* const* v = kMpi[row];
     if (!lookup(env, v[0]) && !lookup(env, v[1])) continue;
+    // Slurm's own PMI2 plugin (srun --mpi=pmi2) sets PMI_RANK/PMI_SIZE but not Hydra's local
+    // variables: such a task is a SLURM task.
+    if (row == 1 && !lookup(env, v[2]) && lookup(env, "SLURM_PROCID")) continue;
     e.launcher = "mpirun";
     e.world_size = env_int(env, v[1], 1, kMaxRanks);
     e.rank = env_int(env, v[0], 0, kMaxRanks);

@@ -151,6 +151,18 @@ TEST(Launcher, MpichAndIntelMpi) {
                                              {"MPI_LOCALRANKID", "2"},
                                              {"MPI_LOCALNRANKS", "4"}}),
                UsageError);
+  // srun --mpi=pmi2: Slurm's PMI variables without Hydra's local ones are a SLURM launch.
+  const LaunchEnv s = detect_launch_env(Environment{{"PMI_RANK", "5"},
+                                                    {"PMI_SIZE", "8"},
+                                                    {"PMI_FD", "7"},
+                                                    {"SLURM_PROCID", "5"},
+                                                    {"SLURM_NTASKS", "8"},
+                                                    {"SLURM_LOCALID", "1"},
+                                                    {"SLURM_NTASKS_PER_NODE", "4"},
+                                                    {"SLURM_JOB_NODELIST", "gpu[01-02]"}});
+  EXPECT_EQ(s.launcher, "slurm");
+  EXPECT_EQ(s.local_rank, 1);
+  EXPECT_EQ(s.master_addr, "gpu01");
   try {
     detect_launch_env(Environment{{"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
     ADD_FAILURE() << "no error";
