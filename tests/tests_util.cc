@@ -45,6 +45,15 @@ int run_command(const std::string& command, std::string* out) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 pid_t spawn(const std::string& command, const std::string& log) {
   const pid_t pid = ::fork();
   if (pid == 0) {

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 
 namespace mgm::test {
@@ -16,6 +17,9 @@ int run_python(const std::string& script_and_args, std::string* out);
 // Runs a shell command line; returns its exit code, stdout+stderr in *out.
 int run_command(const std::string& command, std::string* out);
 std::string source_dir();
+
+// The message of the exception `f` throws, or "(no error)" when it throws none.
+std::string error_of(const std::function<void()>& f);
 
 // Starts `command` through /bin/sh (exec'd, so the pid is the command's), stdout+stderr to `log`.
 pid_t spawn(const std::string& command, const std::string& log);

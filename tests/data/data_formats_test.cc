@@ -40,14 +40,7 @@ std::string write(const std::string& dir, const std::string& name, const std::st
   return p;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 // ---------------------------------------------------------------------------------------------
 // CPython compatibility

@@ -108,14 +108,7 @@ int dead_port() {
   return ntohs(a.sin_port);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
+using test::error_of;
 
 // CPython: random.seed(2680), `draws` calls of random.random(), then random.choice(letters).
 std::string python_fallback_letter(int draws, const std::string& letters) {

@@ -223,14 +223,7 @@ TEST(MmbenchScore, Matcher2025ChangesTheOutcome) {
   EXPECT_EQ(mmbench_acc_csv(s25), "split,Overall,CP,image_scene\ndev,0.5,0.5,0.5\n");
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(MmbenchScore, BadInputNamesFileAndLine) {
   const std::string d = test::temp_dir("mmbench_bad");

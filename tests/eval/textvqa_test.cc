@@ -204,14 +204,7 @@ TEST(TextVqaScore, PrintsTwoDecimalsOfThePercentage) {
             "r\nSamples: 3\nAccuracy: 53.33%\n\n");
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(TextVqaScore, BadInputNamesFileAndLine) {
   const std::string d = test::temp_dir("textvqa_bad");

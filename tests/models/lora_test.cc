@@ -116,15 +116,7 @@ LoraConfig config_with(int64_t r, double alpha, bool rslora = false, double drop
   return c;
 }
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(Lora, ZeroBIsTheBaseModelExactly) {
   MgmForCausalLM m = tiny_mgm(3);

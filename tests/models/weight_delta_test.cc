@@ -52,15 +52,7 @@ io::NamedTensors finetuned(const io::NamedTensors& base, double scale) {
   return out;
 }
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 void expect_same(const std::string& dir, const io::NamedTensors& want) {
   const io::TensorStore s = io::TensorStore::open(dir);
