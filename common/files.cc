@@ -2,17 +2,23 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <climits>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
+#include <vector>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace mgm {
 namespace {
@@ -216,6 +222,154 @@ std::string parent_dir(const std::string& path) {
 std::string base_name(const std::string& path) {
   auto pos = path.find_last_of('/');
   return pos == std::string::npos ? path : path.substr(pos + 1);
+}
+
+std::string resolved_path(const std::string& path) {
+  std::string p = path;
+  if (p.empty() || p[0] != '/') {
+    char cwd[4096];
+    MGM_CHECK(::getcwd(cwd, sizeof cwd) != nullptr, "cannot read the current folder: ", std::strerror(errno));
+    p = std::string(cwd) + "/" + p;
+  }
+  // Fold "." and ".." lexically, then resolve the longest existing prefix.
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i <= p.size()) {
+    size_t j = p.find('/', i);
+    if (j == std::string::npos) j = p.size();
+    const std::string c = p.substr(i, j - i);
+    if (c == "..") {
+      if (!parts.empty()) parts.pop_back();
+    } else if (!c.empty() && c != ".") {
+      parts.push_back(c);
+    }
+    i = j + 1;
+  }
+  for (size_t keep = parts.size() + 1; keep-- > 0;) {
+    std::string prefix;
+    for (size_t k = 0; k < keep; ++k) prefix += "/" + parts[k];
+    if (prefix.empty()) prefix = "/";
+    char buf[PATH_MAX];
+    if (::realpath(prefix.c_str(), buf) == nullptr) continue;
+    std::string out = buf;
+    for (size_t k = keep; k < parts.size(); ++k) out += (out == "/" ? "" : "/") + parts[k];
+    return out;
+  }
+  return p;
+}
+
+bool path_within(const std::string& inner, const std::string& outer) {
+  const std::string a = resolved_path(inner), b = resolved_path(outer);
+  return a == b || (a.size() > b.size() && a.compare(0, b.size(), b) == 0 && (b == "/" || a[b.size()] == '/'));
+}
+
+// ---- FileLock --------------------------------------------------------------------------------
+
+namespace {
+
+std::string this_host() {
+  char h[256] = {0};
+  if (::gethostname(h, sizeof h - 1) != 0) return "unknown";
+  return h;
+}
+
+std::string holder_record() {
+  char when[64] = {0};
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return str_cat("host ", this_host(), " pid ", ::getpid(), " since ", when, "\n");
+}
+
+// "host H pid P since T" from a lock file, or a placeholder when it is not written yet.
+std::string describe_holder(const std::string& path) {
+  std::string rec;
+  try {
+    rec = read_file(path);
+  } catch (const Error&) {
+  }
+  while (!rec.empty() && (rec.back() == '\n' || rec.back() == ' ')) rec.pop_back();
+  return rec.empty() ? std::string("another process (it has not written its name yet)") : rec;
+}
+
+bool parse_holder(const std::string& rec, std::string* host, long* pid) {
+  char h[256] = {0};
+  long p = 0;
+  if (std::sscanf(rec.c_str(), "host %255s pid %ld", h, &p) != 2) return false;
+  *host = h;
+  *pid = p;
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<FileLock> FileLock::acquire(const std::string& path, const std::string& what) {
+  std::unique_ptr<FileLock> lock(new FileLock());
+  lock->path_ = path;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(str_cat(path, ": cannot create the lock file for ", what, ": ", std::strerror(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    lock->fd_ = fd;
+    const std::string rec = holder_record();
+    if (::ftruncate(fd, 0) == 0 && ::pwrite(fd, rec.data(), rec.size(), 0) == static_cast<ssize_t>(rec.size()))
+      ::fsync(fd);
+    return lock;
+  }
+  const int err = errno;
+  ::close(fd);
+  if (err == EWOULDBLOCK || err == EINTR)
+    throw UsageError(str_cat(what, " is in use by ", describe_holder(path), " (lock file ", path,
+                             "); wait for it to finish or stop it first"));
+  if (err != ENOLCK && err != EOPNOTSUPP && err != ENOSYS && err != EINVAL)
+    throw Error(str_cat(path, ": cannot lock ", what, ": ", std::strerror(err)));
+  // No flock on this filesystem: an exclusively created lock file instead.
+  log::warn(path, ": the filesystem does not support flock (", std::strerror(err),
+            "); locking by exclusive creation of ", path, ".excl instead (a crash leaves it behind)");
+  return acquire_exclusive_file(path + ".excl", what);
+}
+
+std::unique_ptr<FileLock> FileLock::acquire_exclusive_file(const std::string& excl, const std::string& what) {
+  std::unique_ptr<FileLock> lock(new FileLock());
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int xfd = ::open(excl.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (xfd >= 0) {
+      const std::string rec = holder_record();
+      const bool ok = ::write(xfd, rec.data(), rec.size()) == static_cast<ssize_t>(rec.size());
+      ::fsync(xfd);
+      ::close(xfd);
+      if (!ok) {
+        ::unlink(excl.c_str());
+        throw Error(str_cat(excl, ": cannot write the lock file for ", what));
+      }
+      lock->path_ = excl;
+      lock->exclusive_file_ = true;
+      return lock;
+    }
+    if (errno != EEXIST) throw Error(str_cat(excl, ": cannot create the lock file for ", what, ": ", std::strerror(errno)));
+    const std::string rec = describe_holder(excl);
+    std::string host;
+    long pid = 0;
+    // A leftover of a dead process on this host is taken over; anything else is in use.
+    if (attempt == 0 && parse_holder(rec, &host, &pid) && host == this_host() && pid > 0 &&
+        ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      log::warn(excl, ": taking over the lock left by ", rec, ", which is no longer running");
+      ::unlink(excl.c_str());
+      continue;
+    }
+    throw UsageError(str_cat(what, " is in use by ", rec, " (lock file ", excl,
+                             "); if that process is gone, remove the lock file"));
+  }
+  throw UsageError(str_cat(what, " is in use (lock file ", excl, ")"));
+}
+
+FileLock::~FileLock() {
+  if (exclusive_file_) {
+    ::unlink(path_.c_str());
+  } else if (fd_ >= 0) {
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
 }
 
 }  // namespace mgm

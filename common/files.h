@@ -80,9 +80,41 @@ std::string path_join(const std::string& a, const std::string& b);
 std::string parent_dir(const std::string& path);
 std::string base_name(const std::string& path);
 void fsync_dir(const std::string& dir);
+// `path` made absolute with every symlink resolved (realpath(3)) as far as it exists; the
+// components that do not exist yet are appended as given ("." and ".." folded). For comparing
+// where two paths point, e.g. an output against the inputs.
+std::string resolved_path(const std::string& path);
+// True when `inner` is `outer` or lies inside it (both resolved_path()s).
+bool path_within(const std::string& inner, const std::string& outer);
 // Removes a file or a folder tree (symlinks are removed, not followed); a missing path is fine.
 // POSIX nftw rather than std::filesystem::remove_all: libtorch.so exports its own copy of the
 // std::filesystem symbols, and calls can bind to it and crash.
 void remove_tree(const std::string& path);
+
+// An exclusive lock on `path` (created when missing) held for the object's lifetime, so two
+// processes never write one output (a training run's folder, an answers file) at once.
+// flock(2): the kernel releases it when the process dies, so kill -9 leaves no stale lock. The
+// holder writes "host <name> pid <pid> since <UTC time>" into the file, so a refused process can
+// name it. Where the filesystem has no flock (some NFS mounts: ENOLCK, EOPNOTSUPP) a warning
+// says so and the lock falls back to creating the file exclusively (O_EXCL) with the same
+// record, removed on release; a leftover whose holder is this host's dead pid is taken over,
+// one from another host names itself and must be removed by hand.
+class FileLock {
+ public:
+  // Throws UsageError "<what> is in use by <holder> (lock file <path>) ..." when held elsewhere.
+  static std::unique_ptr<FileLock> acquire(const std::string& path, const std::string& what);
+  // The fallback alone (what acquire() uses where flock is missing), on the file `path` itself.
+  static std::unique_ptr<FileLock> acquire_exclusive_file(const std::string& path, const std::string& what);
+  ~FileLock();
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  FileLock() = default;
+  std::string path_;
+  int fd_ = -1;
+  bool exclusive_file_ = false;  // the O_EXCL fallback: the file is removed on release
+};
 
 }  // namespace mgm

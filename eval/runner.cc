@@ -346,6 +346,9 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
   const std::string sidecar = path + ".settings.json";
   const std::string parent = parent_dir(path);
   if (!parent.empty()) make_dirs(parent);
+  // One writer per answers file for the whole run: a second process on it is refused at once,
+  // naming the holder, before it reads or changes anything (common/files.h FileLock).
+  const auto lock = FileLock::acquire(path + ".lock", "--answers-file " + path);
   if (opts.overwrite) {
     std::remove(path.c_str());
     std::remove(sidecar.c_str());

@@ -31,6 +31,9 @@ bool wait_for_file(const std::string& path, std::chrono::seconds limit);
 // kill -9 at an unpredictable moment: waits until `path` exists while `pid` runs, then sends
 // SIGKILL after a random 0..max_delay_ms. True when it was killed so; false when the process
 // ended first or `limit` passed (it is killed then). The process is reaped either way.
+// A train_mgm under test runs with MGM_TEST_STALL_AFTER_STEP=N (N a step or two after the one
+// whose file is awaited): it blocks after step N until the kill comes, so the outcome never
+// depends on the machine's load (a loaded or idle machine once let tiny runs finish first).
 bool kill_when_file_appears(pid_t pid, const std::string& path, std::chrono::seconds limit,
                             int max_delay_ms = 300);
 

@@ -18,6 +18,8 @@ struct CheckpointInfo {
 };
 
 constexpr const char* kTrainerStateFile = "trainer_state.json";
+// The lock file rank 0 holds in --output_dir for the whole run (common/files.h FileLock).
+constexpr const char* kOutputLockFile = ".train_mgm.lock";
 
 // Complete checkpoints in output_dir, oldest first.
 std::vector<CheckpointInfo> list_checkpoints(const std::string& output_dir);

@@ -64,6 +64,8 @@ cli::ArgParser make_parser() {
             "error: stop at a sample that cannot be used; skip: leave it out, count it and list "
             "it in OUTPUT_DIR/skipped_samples.jsonl")
       .flag("max_bad_samples", Kind::kInt, "100", "with skip: stop when more are skipped")
+      .flag("max_image_pixels", Kind::kInt, "89478485",
+            "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)")
       // training
       .flag("output_dir", Kind::kString, "", "where checkpoints and results go", true)
       .flag("overwrite_output_dir", Kind::kBool, "false",
@@ -226,6 +228,7 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
   a.dataloader_num_workers = p.integer("dataloader_num_workers");
   a.on_bad_sample = p.str("on_bad_sample");
   a.max_bad_samples = p.integer("max_bad_samples");
+  a.max_image_pixels = p.integer("max_image_pixels");
   a.output_dir = p.str("output_dir");
   a.overwrite_output_dir = p.boolean("overwrite_output_dir");
   a.num_train_epochs = p.number("num_train_epochs");
@@ -330,6 +333,7 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
                      "and --warmup_ratio in [0, 1]");
   if (a.dataloader_num_workers < 0) throw UsageError("--dataloader_num_workers must be >= 0");
   if (a.max_bad_samples < 0) throw UsageError("--max_bad_samples must be >= 0");
+  if (a.max_image_pixels < 0) throw UsageError("--max_image_pixels must be >= 0 (0: no limit)");
   if (a.on_bad_sample != "error" && a.on_bad_sample != "skip")
     throw UsageError(str_cat("--on_bad_sample: expected error or skip, got '", a.on_bad_sample, "'"));
   if (a.image_aspect_ratio != "square" && a.image_aspect_ratio != "pad")
@@ -404,6 +408,7 @@ Json TrainArgs::to_json() const {
   j["dataloader_num_workers"] = dataloader_num_workers;
   j["on_bad_sample"] = on_bad_sample;
   j["max_bad_samples"] = max_bad_samples;
+  j["max_image_pixels"] = max_image_pixels;
   j["output_dir"] = output_dir;
   j["num_train_epochs"] = num_train_epochs;
   j["max_steps"] = max_steps;

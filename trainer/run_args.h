@@ -38,6 +38,7 @@ struct TrainArgs {
   int64_t dataloader_num_workers = 4;
   std::string on_bad_sample = "error";  // error | skip
   int64_t max_bad_samples = 100;        // with skip: stop once more samples were skipped
+  int64_t max_image_pixels = 89478485;  // PIL's Image.MAX_IMAGE_PIXELS (data/image.h)
 
   // Optimisation (HF TrainingArguments defaults).
   std::string output_dir;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <memory>
@@ -20,6 +21,7 @@
 #include "common/log.h"
 #include "common/strings.h"
 #include "data/dataset.h"
+#include "data/image.h"
 #include "data/loader.h"
 #include "data/sampler.h"
 #include "data/tokenizer.h"
@@ -45,6 +47,20 @@ namespace mgm::trainer {
 namespace fs = std::filesystem;
 
 namespace {
+
+// Test hook for the kill-and-resume tests: with MGM_TEST_STALL_AFTER_STEP=N in the environment
+// the run blocks after step N (its checkpoint, if any, committed) until a signal ends it. A test
+// that kills at a random moment after an earlier checkpoint appears can then never find the run
+// already complete, whatever the machine's load. Unset in normal use (nothing changes).
+void stall_if_asked(int64_t step) {
+  static const int64_t at = [] {
+    const char* s = std::getenv("MGM_TEST_STALL_AFTER_STEP");
+    return s != nullptr && *s != 0 ? std::atoll(s) : int64_t{-1};
+  }();
+  if (at != step) return;
+  log::info("MGM_TEST_STALL_AFTER_STEP=", at, ": stalled after step ", step, " until killed");
+  for (;;) ::pause();
+}
 
 // Enters autocast for one device type and restores the previous state on exit, clearing the
 // cast cache when the outermost region ends (as Python's autocast.__exit__).
@@ -261,6 +277,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
             a.world_size());
   const bool main_rank = comm.is_main();  // writes logs, metrics, checkpoints and outputs
   if (a.num_threads > 0) at::set_num_threads(static_cast<int>(a.num_threads));
+  data::set_max_image_pixels(a.max_image_pixels);
   if (a.tf32) {
     at::globalContext().setFloat32MatmulPrecision("high");
     at::globalContext().setAllowTF32CuDNN(true);
@@ -271,6 +288,19 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
 
   // --- Output folder and what to resume from ------------------------------------------------
   make_dirs(a.output_dir);
+  // One run per folder: a second process on it is refused at once, naming the holder (rank 0
+  // holds the lock for the whole run; the kernel drops it if the process dies).
+  std::unique_ptr<FileLock> output_lock;
+  if (main_rank) output_lock = FileLock::acquire(path_join(a.output_dir, kOutputLockFile), "--output_dir " + a.output_dir);
+  // A finished run is recognised by its completion record (written last, whatever checkpoints
+  // remain) and never retrained or overwritten without --overwrite_output_dir; nothing in the
+  // folder has been touched yet.
+  if (!a.overwrite_output_dir) {
+    const std::string record = path_join(a.output_dir, "train_results.json");
+    if (path_exists(record))
+      throw UsageError(str_cat(a.output_dir, " holds a finished run (its completion record ", record,
+                               " exists); use another --output_dir, or --overwrite_output_dir to train afresh"));
+  }
   if (main_rank) remove_incomplete_checkpoints(a.output_dir);
   std::string resume_dir = a.resume_from_checkpoint;
   if (resume_dir.empty() && !a.overwrite_output_dir && main_rank) {
@@ -285,14 +315,17 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   if (!resume_dir.empty() && !path_exists(path_join(resume_dir, kTrainerStateFile)))
     throw UsageError(str_cat("--resume_from_checkpoint ", resume_dir, ": not a complete checkpoint (no ",
                              kTrainerStateFile, ")"));
-  const std::string final_marker = a.stage == Stage::kPretrain ? "mm_projector.bin"
-                                   : a.lora_enable              ? "adapter_model.safetensors"
-                                                                : "model.safetensors.index.json";
-  const std::string final_single = "model.safetensors";
-  if (resume_dir.empty() && !a.overwrite_output_dir &&
-      (path_exists(path_join(a.output_dir, final_marker)) || path_exists(path_join(a.output_dir, final_single))))
-    throw UsageError(str_cat(a.output_dir, " already holds the result of a finished run (",
-                             final_marker, "); use another --output_dir or --overwrite_output_dir"));
+  // Without a completion record (a run from before it existed, or final files copied in) the
+  // final outputs themselves mark a finished run when there is no checkpoint to continue.
+  if (resume_dir.empty() && !a.overwrite_output_dir) {
+    std::vector<std::string> present;
+    for (const char* f : {"mm_projector.bin", "adapter_model.safetensors", "model.safetensors.index.json",
+                          "model.safetensors"})
+      if (path_exists(path_join(a.output_dir, f))) present.push_back(f);
+    if (!present.empty())
+      throw UsageError(str_cat(a.output_dir, " already holds the result of a finished run (", join(present, ", "),
+                               "); use another --output_dir or --overwrite_output_dir"));
+  }
 
   // --- Tokenizer, model ----------------------------------------------------------------------
   auto tok = std::make_shared<data::Tokenizer>(data::Tokenizer::load(a.tokenizer));
@@ -662,6 +695,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
       // No rank runs ahead of a checkpoint that is not committed yet.
       comm.barrier_without_deadline(str_cat("checkpoint-", global_step, "/committed"));
     }
+    stall_if_asked(global_step);
   }
   progress.finish();
   if (!check_each_step && !a.fp16 && !unchecked.empty()) check_finite(window_loss);

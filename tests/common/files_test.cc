@@ -109,5 +109,72 @@ TEST(Json, ErrorsNameFileAndKey) {
   }
 }
 
+// flock: a second holder (another open file description, as another process has) is refused
+// naming the first; a child that dies holding it (as kill -9 would) leaves it free.
+TEST(FileLock, RefusesASecondHolderAndIsFreedWithItsProcess) {
+  const std::string d = tmpdir("lock");
+  const std::string p = d + "/x.lock";
+  {
+    const auto a = FileLock::acquire(p, "the folder X");
+    try {
+      FileLock::acquire(p, "the folder X");
+      ADD_FAILURE() << "a second lock was granted";
+    } catch (const UsageError& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("the folder X is in use by host "), std::string::npos) << m;
+      EXPECT_NE(m.find(" pid " + std::to_string(::getpid()) + " since "), std::string::npos) << m;
+      EXPECT_NE(m.find("(lock file " + p + ")"), std::string::npos) << m;
+    }
+  }
+  // Released with the object.
+  { const auto again = FileLock::acquire(p, "the folder X"); }
+  // A child takes it and exits without releasing anything: the kernel drops it.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    auto l = FileLock::acquire(p, "x");
+    (void)l.release();  // never unlocked by the program
+    ::_exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_NO_THROW(FileLock::acquire(p, "x"));
+}
+
+// The fallback for filesystems without flock: exclusive creation, removed on release; a leftover
+// of a dead pid on this host is taken over; a live holder is named.
+TEST(FileLock, ExclusiveFileFallback) {
+  const std::string d = tmpdir("lock_excl");
+  const std::string p = d + "/x.lock.excl";
+  {
+    const auto a = FileLock::acquire_exclusive_file(p, "the answers file");
+    EXPECT_TRUE(path_exists(p));
+    try {
+      FileLock::acquire_exclusive_file(p, "the answers file");
+      ADD_FAILURE() << "a second lock was granted";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(" pid " + std::to_string(::getpid()) + " since "), std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_FALSE(path_exists(p));
+  // A dead process's leftover (a child that has exited and been reaped).
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  write_file_atomic(p, "host " + std::string(host) + " pid " + std::to_string(child) + " since 2026-01-01T00:00:00Z\n");
+  EXPECT_NO_THROW(FileLock::acquire_exclusive_file(p, "x"));
+  // Another host's record is never taken over.
+  write_file_atomic(p, "host some-other-host pid 1 since 2026-01-01T00:00:00Z\n");
+  try {
+    FileLock::acquire_exclusive_file(p, "x");
+    ADD_FAILURE() << "another host's lock was taken over";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("in use by host some-other-host pid 1"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace mgm

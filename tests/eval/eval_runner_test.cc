@@ -326,6 +326,41 @@ TEST_F(EvalRunner, RefusedRunsLeaveTheFileAndWholeAnswersAreKept) {
   EXPECT_EQ(read_file(a), full);
 }
 
+// Two writers on one answers file: while one holds it (here this test process), a second
+// `mgm eval` is refused at once naming the holder, and leaves the file as it was, --overwrite
+// included; once released, the run resumes.
+TEST_F(EvalRunner, SecondWriterOfAnAnswersFileIsRefused) {
+  const std::string d = test::temp_dir("eval_lock");
+  const std::string a = d + "/answers.jsonl";
+  auto o = textvqa(a);
+  o.run.max_new_answers = 2;
+  EXPECT_EQ(run_textvqa(o).answered, 2u);
+  const std::string before = read_file(a);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ASSERT_GT(n, 0);
+  self[n] = 0;
+  const fs::path bin = fs::path(self).parent_path().parent_path().parent_path() / "eval" / "mgm";
+  const std::string cmd = str_cat(bin.string(), " eval textvqa --model-path ", dir(), "/MGM-tiny --question-file ", dir(),
+                                  "/questions.jsonl --image-folder ", dir(), "/images --answers-file ", a,
+                                  " --max_new_tokens 6 --batch_size 4");
+  {
+    const auto held = FileLock::acquire(a + ".lock", "test");
+    for (const char* extra : {"", " --overwrite"}) {
+      std::string out;
+      EXPECT_EQ(test::run_command(cmd + extra, &out), 2) << out;
+      EXPECT_NE(out.find("--answers-file " + a + " is in use by host "), std::string::npos) << out;
+      EXPECT_NE(out.find(str_cat(" pid ", ::getpid(), " since ")), std::string::npos) << out;
+      EXPECT_EQ(read_file(a), before) << extra;
+    }
+    EXPECT_THROW(run_textvqa(textvqa(a)), UsageError);
+  }
+  o.run.max_new_answers = -1;
+  const RunStats st = run_textvqa(o);
+  EXPECT_EQ(st.already_answered, 2u);
+  EXPECT_EQ(st.answered, 4u);
+}
+
 // Sampled answers depend on --seed and the question, not on the batch it landed in.
 TEST_F(EvalRunner, SampledAnswersDoNotDependOnTheBatchSize) {
   const std::string d = test::temp_dir("eval_sample");

@@ -363,7 +363,8 @@ TEST_F(DdpE2E, TwoProcessResumeIsExact) {
   std::string out;
   ASSERT_EQ(test::run_command(cmd(root + "/a") + args, &out), 0) << out;
   const std::string b = root + "/b";
-  const pid_t launcher = test::spawn(cmd(b) + args, root + "/b1.log");
+  // The run stalls after step 8 (tests/tests_util.h), so the SIGTERM always finds it running.
+  const pid_t launcher = test::spawn("env MGM_TEST_STALL_AFTER_STEP=8 " + cmd(b) + args, root + "/b1.log");
   ASSERT_TRUE(test::wait_for_file(b + "/checkpoint-6/trainer_state.json", std::chrono::seconds(120)))
       << read_file(root + "/b1.log");
   kill(launcher, SIGTERM);

@@ -237,11 +237,14 @@ TEST_F(LoraE2E, KillNineAndResumeIsBitIdentical) {
   std::string out;
   ASSERT_EQ(test::run_command(train(root + "/a", args), &out), 0) << out;
   std::random_device rd;
-  const int kill_after = 2 * static_cast<int>(1 + rd() % 4);
+  const int kill_after = 2 * static_cast<int>(1 + rd() % 3);  // checkpoint-2 .. checkpoint-6
   const std::string b = root + "/b";
-  const pid_t pid = test::spawn(train(b, args), root + "/b1.log");
+  // Killed at a random moment in the next two steps; the run stalls after them until the kill
+  // comes, so it never finishes first (tests/tests_util.h).
+  const pid_t pid = test::spawn(str_cat("env MGM_TEST_STALL_AFTER_STEP=", kill_after + 2, " ", train(b, args)),
+                                root + "/b1.log");
   const bool killed = test::kill_when_file_appears(
-      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(120));
+      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(300));
   ASSERT_TRUE(killed) << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/adapter_model.safetensors")) << "killed too late to test resuming";
   ASSERT_EQ(test::run_command(train(b, args), &out), 0) << out;

@@ -2,6 +2,8 @@
 // kill -9 mid-run and resume to bit-identical weights, the trainable sets of each stage, the
 // stage outputs (mm_projector.bin for Python, an MGM folder), and the stop/skip policies.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -128,7 +130,8 @@ TEST_F(TrainE2E, PretrainThenFinetuneLearns) {
   EXPECT_EQ(m->config().image_aspect_ratio, "pad");
   // A finished run is never overwritten by accident.
   EXPECT_NE(test::run_command(common(o2, "finetune", "finetune.json") + " --max_steps 2", &out), 0);
-  EXPECT_NE(out.find("already holds the result of a finished run"), std::string::npos) << out;
+  EXPECT_NE(out.find("holds a finished run (its completion record " + o2 + "/train_results.json"), std::string::npos)
+      << out;
   // A finetune of a random-init pretrain must use the same seed (same LLM and towers).
   EXPECT_NE(test::run_command(common(root + "/x", "finetune", "finetune.json") +
                                   " --pretrain_mm_mlp_adapter " + o1 + "/mm_projector.bin --max_steps 1 --seed 6",
@@ -180,9 +183,14 @@ TEST_F(TrainE2E, KillNineAndResumeIsBitIdentical) {
   std::random_device rd;
   const int kill_after = 2 * static_cast<int>(1 + rd() % 5);  // after checkpoint-2 .. checkpoint-10 exists
   const std::string b = root + "/b";
-  const pid_t pid = test::spawn(common(b, "finetune", "finetune.json") + args, root + "/b1.log");
+  // The kill lands at a random moment in steps kill_after+1 .. kill_after+2 (checkpoint
+  // kill_after+2 possibly half-written); the run stalls after step kill_after+2 until it comes,
+  // so it can never finish first, whatever the load.
+  const pid_t pid = test::spawn(str_cat("env MGM_TEST_STALL_AFTER_STEP=", kill_after + 2, " ",
+                                        common(b, "finetune", "finetune.json"), args),
+                                root + "/b1.log");
   const bool killed = test::kill_when_file_appears(
-      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(120));
+      pid, str_cat(b, "/checkpoint-", kill_after, "/trainer_state.json"), std::chrono::seconds(300));
   ASSERT_TRUE(killed) << "the run ended before checkpoint-" << kill_after << ": " << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/model.safetensors")) << "killed too late to test resuming";
   ASSERT_EQ(test::run_command(common(b, "finetune", "finetune.json") + args, &out), 0) << out;
@@ -194,6 +202,65 @@ TEST_F(TrainE2E, KillNineAndResumeIsBitIdentical) {
   for (const auto& n : wa.names()) ASSERT_TRUE(wa.get(n).equal(wb.get(n))) << n << " (killed after checkpoint-" << kill_after << ")";
   EXPECT_EQ(losses(root + "/a"), losses(b));
   EXPECT_LE(list_checkpoints(b).size(), 2u);
+}
+
+// Rerunning a finished run's command (checkpoints kept) is refused by its completion record and
+// touches nothing; without the record the final files themselves are named as they are.
+TEST_F(TrainE2E, FinishedRunIsNeverRetrained) {
+  const std::string o = test::temp_dir("e2e_finished") + "/o";
+  const std::string c = common(o, "finetune", "finetune.json") + " --max_steps 6 --save_steps 2 --dataloader_num_workers 0";
+  std::string out;
+  ASSERT_EQ(test::run_command(c, &out), 0) << out;
+  ASSERT_FALSE(list_checkpoints(o).empty());
+  const std::string metrics = read_file(o + "/metrics.jsonl"), results = read_file(o + "/train_results.json");
+  struct stat st0 {}, st1 {};
+  ASSERT_EQ(::stat((o + "/model.safetensors").c_str(), &st0), 0);
+  EXPECT_EQ(test::run_command(c, &out), 2) << out;
+  EXPECT_NE(out.find(o + " holds a finished run (its completion record " + o + "/train_results.json"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find("resuming"), std::string::npos) << out;
+  EXPECT_EQ(read_file(o + "/metrics.jsonl"), metrics);
+  EXPECT_EQ(read_file(o + "/train_results.json"), results);
+  ASSERT_EQ(::stat((o + "/model.safetensors").c_str(), &st1), 0);
+  EXPECT_EQ(st1.st_mtim.tv_sec, st0.st_mtim.tv_sec);
+  EXPECT_EQ(st1.st_mtim.tv_nsec, st0.st_mtim.tv_nsec);
+  EXPECT_EQ(st1.st_ino, st0.st_ino);
+  // An explicit checkpoint does not reopen it either.
+  EXPECT_EQ(test::run_command(c + " --resume_from_checkpoint " + list_checkpoints(o).back().path, &out), 2) << out;
+  EXPECT_NE(out.find("completion record"), std::string::npos) << out;
+  // No record and no checkpoint: the final file that is there is the one named.
+  remove_tree(o + "/train_results.json");
+  for (const auto& cp : list_checkpoints(o)) remove_tree(cp.path);
+  EXPECT_EQ(test::run_command(c, &out), 2) << out;
+  EXPECT_NE(out.find("already holds the result of a finished run (model.safetensors)"), std::string::npos) << out;
+  EXPECT_EQ(out.find("index.json"), std::string::npos) << out;
+  // --overwrite_output_dir trains afresh.
+  EXPECT_EQ(test::run_command(c + " --overwrite_output_dir", &out), 0) << out;
+}
+
+// A second train_mgm on a folder in use is refused at once, naming the holder, and changes
+// nothing; once the holder is gone (even by kill -9) the folder is free again.
+TEST_F(TrainE2E, SecondRunOnTheSameFolderIsRefused) {
+  const std::string root = test::temp_dir("e2e_lock");
+  const std::string o = root + "/o";
+  const std::string c = common(o, "finetune", "finetune.json") + " --max_steps 4 --save_steps 1 --dataloader_num_workers 0";
+  // The first run stalls after step 1 (its checkpoint committed) until killed, holding the lock.
+  const pid_t first = test::spawn("env MGM_TEST_STALL_AFTER_STEP=1 " + c, root + "/first.log");
+  ASSERT_TRUE(test::wait_for_file(o + "/checkpoint-1/trainer_state.json", std::chrono::seconds(300)))
+      << read_file(root + "/first.log");
+  std::string out;
+  EXPECT_EQ(test::run_command(c, &out), 2) << out;
+  EXPECT_NE(out.find("--output_dir " + o + " is in use by host "), std::string::npos) << out;
+  EXPECT_NE(out.find(str_cat(" pid ", first, " since ")), std::string::npos) << out;
+  EXPECT_EQ(out.find("resuming"), std::string::npos) << out;
+  EXPECT_TRUE(path_exists(o + "/checkpoint-1/trainer_state.json"));
+  EXPECT_FALSE(path_exists(o + "/checkpoint-2"));
+  ::kill(first, SIGKILL);
+  EXPECT_EQ(test::wait_exit(first, std::chrono::seconds(60)), 128 + SIGKILL);
+  // The kernel dropped the lock with the process: the same command now resumes and finishes.
+  ASSERT_EQ(test::run_command(c, &out), 0) << out;
+  EXPECT_NE(out.find("resuming from " + o + "/checkpoint-1"), std::string::npos) << out;
 }
 
 TEST_F(TrainE2E, NonFiniteLossStopsWithStepAndSamples) {
