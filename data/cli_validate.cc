@@ -4,6 +4,7 @@
 
 #include "common/files.h"
 #include "common/json.h"
+#include "data/image.h"
 #include "data/validate.h"
 
 namespace mgm::data {
@@ -24,7 +25,9 @@ int run_validate(const std::vector<std::string>& args) {
       .flag("image_tokens", cli::Kind::kInt, "576", "LLM positions one image takes")
       .flag("decode_images", cli::Kind::kBool, "true", "decode every image (false: only check that it exists)")
       .flag("report", cli::Kind::kString, "", "also write every problem as JSON Lines to this file")
-      .flag("max_listed", cli::Kind::kInt, "200", "problems printed on the terminal");
+      .flag("max_listed", cli::Kind::kInt, "200", "problems printed on the terminal")
+      .flag("max_image_pixels", cli::Kind::kInt, "89478485",
+            "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)");
   if (!p.parse(args)) {
     std::fputs(p.help().c_str(), stdout);
     return 0;
@@ -37,6 +40,7 @@ int run_validate(const std::vector<std::string>& args) {
   o.model_max_length = p.integer("model_max_length");
   o.image_tokens = p.integer("image_tokens");
   o.decode_images = p.boolean("decode_images");
+  set_max_image_pixels(p.integer("max_image_pixels"));
   ValidationReport r = validate_dataset(o);
   std::fputs(r.text(static_cast<size_t>(p.integer("max_listed"))).c_str(), stdout);
   if (!p.str("report").empty()) {

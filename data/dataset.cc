@@ -19,8 +19,7 @@ PreparedSample prepare_sample(const Sample& s, const Tokenizer& tok, Template tm
                               const std::string& image_folder, int64_t model_max_length) {
   // Checked before any work: MGM trains one image per sample, and a second image would
   // otherwise be dropped silently.
-  if (s.images.size() > 1)
-    throw Error(str_cat("has ", s.images.size(), " images; MGM trains one image per sample"));
+  if (const std::string refusal = training_refusal(s); !refusal.empty()) throw Error(refusal);
   std::vector<Turn> turns = s.conversations;
   if (s.has_image()) turns = move_image_to_front(turns);
   PreparedSample p;

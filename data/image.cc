@@ -8,23 +8,138 @@
 #include "common/files.h"
 #include "common/strings.h"
 
+#include <atomic>
+#include <climits>
+#include <mutex>
+#include <set>
+
+#include "common/log.h"
+
 #ifdef MGM_WITH_OPENCV
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
-#else
+#endif
+// stb_image in every build: its header reader (stbi_info) gives an image's size before any
+// pixel is decoded (the decompression-bomb check); without OpenCV it also decodes.
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
 #define STBI_FAILURE_USERMSG
 #include <stb/stb_image.h>
-#endif
 
 namespace mgm::data {
+
+// ---- decompression-bomb limit (PIL's Image.MAX_IMAGE_PIXELS) ------------------------------------
+
+namespace {
+std::atomic<int64_t> g_max_image_pixels{kPilMaxImagePixels};
+}  // namespace
+
+void set_max_image_pixels(int64_t n) {
+  if (n < 0) throw UsageError(str_cat("--max_image_pixels must be >= 0 (0: no limit), got ", n));
+  g_max_image_pixels = n;
+}
+int64_t max_image_pixels() { return g_max_image_pixels; }
+
+void check_image_pixels(int64_t width, int64_t height, const std::string& what) {
+  const int64_t limit = g_max_image_pixels;
+  if (limit <= 0) return;
+  const int64_t pixels = width * height;
+  if (pixels > 2 * limit)
+    throw ImageTooLargeError(str_cat(
+        what, ": image of ", width, "x", height, " = ", pixels, " pixels exceeds the limit of ", 2 * limit,
+        " (twice --max_image_pixels ", limit, "), a possible decompression bomb (PIL refuses it with "
+        "DecompressionBombError); raise --max_image_pixels, or set 0, only for files you trust"));
+  if (pixels > limit) {
+    static std::mutex mu;
+    static std::set<std::string> warned;
+    std::lock_guard<std::mutex> g(mu);
+    if (warned.insert(what).second)
+      log::warn(what, ": image of ", width, "x", height, " = ", pixels, " pixels is above --max_image_pixels ",
+                limit, " (PIL warns: DecompressionBombWarning); it is decoded, twice that is refused");
+  }
+}
+
+// The size fields of the common formats' headers, read here because stb_image's stbi_info
+// refuses exactly the images this is for (it fails on any PNG or JPEG over 2^30 bytes decoded:
+// "Image too large to decode"), and OpenCV has no header-only API. Formats not listed here
+// (PNM, TGA, PSD, HDR, PIC) go through stbi_info; others (TIFF, ...) are checked once decoded.
+std::optional<std::pair<int64_t, int64_t>> read_image_size(const uint8_t* d, size_t n) {
+  auto be16 = [&](size_t i) { return static_cast<int64_t>(d[i]) << 8 | d[i + 1]; };
+  auto be32 = [&](size_t i) { return be16(i) << 16 | be16(i + 2); };
+  auto le16 = [&](size_t i) { return static_cast<int64_t>(d[i + 1]) << 8 | d[i]; };
+  auto le24 = [&](size_t i) { return le16(i) | static_cast<int64_t>(d[i + 2]) << 16; };
+  auto le32 = [&](size_t i) { return static_cast<int64_t>(static_cast<int32_t>(static_cast<uint32_t>(le16(i) | le16(i + 2) << 16))); };
+  auto is = [&](size_t at, const char* magic) {
+    const size_t len = std::strlen(magic);
+    return n >= at + len && std::memcmp(d + at, magic, len) == 0;
+  };
+  using Size = std::pair<int64_t, int64_t>;
+  if (is(0, "\x89PNG\r\n\x1a\n")) {
+    if (n >= 24 && is(12, "IHDR")) return Size{be32(16), be32(20)};
+    return std::nullopt;
+  }
+  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG: the first SOFn segment
+    size_t i = 2;
+    while (i + 1 < n) {
+      if (d[i] != 0xFF) return std::nullopt;
+      while (i < n && d[i] == 0xFF) ++i;  // fill bytes
+      if (i >= n) return std::nullopt;
+      const uint8_t m = d[i++];
+      if (m == 0xD8 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) continue;  // no length field
+      if (m == 0xD9 || m == 0xDA || i + 2 > n) return std::nullopt;      // EOI / scan before a frame
+      const size_t len = static_cast<size_t>(be16(i));
+      const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
+      if (sof) {
+        if (i + 7 > n) return std::nullopt;
+        return Size{be16(i + 5), be16(i + 3)};
+      }
+      if (len < 2) return std::nullopt;
+      i += len;
+    }
+    return std::nullopt;
+  }
+  if (is(0, "GIF87a") || is(0, "GIF89a")) return n >= 10 ? std::optional<Size>(Size{le16(6), le16(8)}) : std::nullopt;
+  if (is(0, "BM") && n >= 26) {
+    if (le32(14) == 12) return Size{le16(18), le16(20)};  // OS/2 BITMAPCOREHEADER
+    const int64_t w = le32(18), h = le32(22);
+    return Size{w < 0 ? -w : w, h < 0 ? -h : h};
+  }
+  if (is(0, "RIFF") && is(8, "WEBP")) {
+    if (is(12, "VP8 ") && n >= 30) return Size{le16(26) & 0x3FFF, le16(28) & 0x3FFF};
+    if (is(12, "VP8L") && n >= 25) {
+      const uint32_t b = static_cast<uint32_t>(le16(21) | le16(23) << 16);
+      return Size{(b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1};
+    }
+    if (is(12, "VP8X") && n >= 30) return Size{le24(24) + 1, le24(27) + 1};
+    return std::nullopt;
+  }
+  if (n > static_cast<size_t>(INT_MAX)) return std::nullopt;
+  int w = 0, h = 0, c = 0;
+  if (stbi_info_from_memory(d, static_cast<int>(n), &w, &h, &c) == 0) return std::nullopt;
+  return Size{w, h};
+}
+
+std::optional<std::pair<int64_t, int64_t>> read_image_size_file(const std::string& path) {
+  if (!path_exists(path)) throw Error(str_cat(path, ": image file not found"));
+  auto m = MappedFile::open(path);
+  return read_image_size(m->data(), m->size());
+}
+
+namespace {
+// The header's size against the limit before any pixel is decoded (formats stb_image cannot
+// read are checked once decoded, below).
+void check_header(const uint8_t* data, size_t size, const std::string& what) {
+  if (size > static_cast<size_t>(INT_MAX)) throw Error(str_cat(what, ": image file larger than 2 GiB"));
+  if (const auto wh = read_image_size(data, size)) check_image_pixels(wh->first, wh->second, what);
+}
+}  // namespace
 
 // ---- decoding ---------------------------------------------------------------------------------
 
 #ifdef MGM_WITH_OPENCV
 RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string& what) {
   if (size == 0) throw Error(str_cat(what, ": empty image file"));
+  check_header(data, size, what);
   cv::Mat buf(1, static_cast<int>(size), CV_8UC1, const_cast<uint8_t*>(data));
   // UNCHANGED: no EXIF rotation (PIL ignores it too) and the raw depth, so 16-bit grayscale can
   // be clamped as PIL's convert('RGB') does.
@@ -36,6 +151,7 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
   }
   if (m.empty())
     throw Error(str_cat(what, ": cannot decode image (corrupt or unsupported format)"));
+  check_image_pixels(m.cols, m.rows, what);
   const int ch = m.channels();
   if (ch != 1 && ch != 3 && ch != 4) throw Error(str_cat(what, ": unsupported channel count ", ch));
   RgbImage out(m.cols, m.rows);
@@ -83,6 +199,7 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
 #else
 RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string& what) {
   if (size == 0) throw Error(str_cat(what, ": empty image file"));
+  check_header(data, size, what);
   int w = 0, h = 0, n = 0;
   const int len = static_cast<int>(size);
   if (stbi_is_16_bit_from_memory(data, len)) {

@@ -7,8 +7,12 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
+#include <utility>
 #include <string>
 #include <vector>
+
+#include "common/error.h"
 
 namespace mgm::data {
 
@@ -24,7 +28,30 @@ struct RgbImage {
   }
 };
 
-// Throws mgm::Error naming the file when it is missing or cannot be decoded.
+// The decompression-bomb limit, as PIL's Image.MAX_IMAGE_PIXELS (Pillow 13, PIL/Image.py:
+// int(1024 * 1024 * 1024 // 4 // 3)): an image of more than twice this many pixels is refused
+// before any pixel is decoded (PIL's DecompressionBombError), one of more than this many is
+// decoded with a warning (DecompressionBombWarning). Process-wide, as PIL's module attribute;
+// the commands set it from --max_image_pixels (0: no limit).
+constexpr int64_t kPilMaxImagePixels = 89478485;
+void set_max_image_pixels(int64_t n);
+int64_t max_image_pixels();
+// The error for an image over the limit (a bad sample: named, counted, the policy applies).
+class ImageTooLargeError : public Error {
+ public:
+  explicit ImageTooLargeError(const std::string& what) : Error(what) {}
+};
+// Throws ImageTooLargeError above twice the limit, warns (once per `what`) above it.
+void check_image_pixels(int64_t width, int64_t height, const std::string& what);
+// (width, height) from the file's header without decoding: PNG, JPEG, GIF, BMP and WebP read
+// here (hand-written: stb_image's stbi_info refuses the very large images this is for), PNM,
+// TGA, PSD, HDR and PIC through stbi_info; nothing for other formats or a broken header.
+std::optional<std::pair<int64_t, int64_t>> read_image_size(const uint8_t* data, size_t size);
+std::optional<std::pair<int64_t, int64_t>> read_image_size_file(const std::string& path);
+
+// Throws mgm::Error naming the file when it is missing or cannot be decoded, ImageTooLargeError
+// when its header (or, for formats without a readable header, its decoded size) is over the
+// limit above.
 RgbImage decode_image_file(const std::string& path);
 RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string& what);
 

@@ -59,6 +59,12 @@ Sample parse_llava_record(const std::string& path, const Record& r) {
   return s;
 }
 
+std::string training_refusal(const Sample& s) {
+  if (s.images.size() > 1)
+    return str_cat("has ", s.images.size(), " images; MGM trains one image per sample");
+  return "";
+}
+
 std::vector<Sample> read_llava(const std::string& path) {
   RecordFile f = read_records(path);
   std::vector<Sample> out;

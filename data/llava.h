@@ -32,6 +32,12 @@ struct Sample {
 // strings). Throws FormatError naming path:line, record index and id.
 Sample parse_llava_record(const std::string& path, const Record& r);
 
+// Why training refuses a well-formed sample before any work ("" when it does not): today a
+// sample with more than one image (MGM trains one image per sample; a second would otherwise be
+// dropped silently). One definition for the dataset and `mgm data validate`, so validate
+// reports everything training would refuse.
+std::string training_refusal(const Sample& s);
+
 // Reads a LLaVA dataset: a JSON array (the usual .json) or JSON Lines.
 std::vector<Sample> read_llava(const std::string& path);
 

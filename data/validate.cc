@@ -57,20 +57,27 @@ ValidationReport validate_dataset(const ValidateOptions& o) {
       ++rep.samples_with_problems;
       continue;
     }
-    // Images exist and decode.
+    // What training refuses outright (shared with the dataset).
+    if (const std::string refusal = training_refusal(s); !refusal.empty())
+      add(s.images.size() > 1 ? "multiple_images" : "refused_sample", where, refusal);
+    // Images exist, are within the decompression-bomb limit (from the header, even without
+    // decoding) and decode.
     for (const auto& img : s.images) {
       const std::string path = path_join(o.image_folder, img);
       if (!path_exists(path)) {
         add("missing_image", where, str_cat("image file not found: ", path));
         continue;
       }
-      if (o.decode_images) {
-        try {
+      try {
+        if (const auto wh = read_image_size_file(path)) check_image_pixels(wh->first, wh->second, path);
+        if (o.decode_images) {
           RgbImage im = decode_image_file(path);
           if (im.width < 1 || im.height < 1) add("undecodable_image", where, str_cat(path, ": empty image"));
-        } catch (const Error& e) {
-          add("undecodable_image", where, e.what());
         }
+      } catch (const ImageTooLargeError& e) {
+        add("image_too_large", where, e.what());
+      } catch (const Error& e) {
+        add("undecodable_image", where, e.what());
       }
     }
     // "<image>" tokens against images.

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "data/image.h"
 #include "eval/mmbench_runner.h"
 #include "eval/textvqa_runner.h"
 
@@ -45,6 +46,8 @@ void common_flags(cli::ArgParser& p, const std::string& max_new_tokens) {
   p.flag("on_bad_sample", cli::Kind::kString, "error",
          "a malformed question or unreadable image: error (stop) or skip (report and go on)");
   p.flag("overwrite", cli::Kind::kBool, "false", "discard an existing answers file");
+  p.flag("max_image_pixels", cli::Kind::kInt, "89478485",
+         "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)");
   p.flag("max_questions", cli::Kind::kInt, "-1",
          "stop after answering this many new questions (-1: all; for smoke tests)");
   p.flag("test_kill_after_batches", cli::Kind::kInt, "-1",
@@ -76,6 +79,7 @@ void fill_common(const cli::ArgParser& p, EvalModelOptions* m, RunOptions* r, in
   r->batch_size = p.integer("batch_size");
   r->on_bad_sample = parse_bad_sample_policy(p.str("on_bad_sample"));
   r->overwrite = p.boolean("overwrite");
+  data::set_max_image_pixels(p.integer("max_image_pixels"));
   r->max_new_answers = p.integer("max_questions");
   r->test_kill_after_batches = p.integer("test_kill_after_batches");
   *chunks = p.integer("num-chunks");

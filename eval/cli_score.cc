@@ -47,8 +47,14 @@ int run_textvqa(const std::vector<std::string>& args) {
   if (!p.given("result-file") && !p.given("result-dir"))
     throw UsageError("mgm score textvqa: give --result-file or --result-dir");
   const std::string ann = p.str("annotation-file");
-  if (p.given("result-file"))
-    std::fputs(score_textvqa(ann, p.str("result-file")).report().c_str(), stdout);
+  // The report exactly as eval_textvqa.py prints it; repeated answers warned on stderr.
+  auto score = [&](const std::string& file) {
+    const TextVqaResult r = score_textvqa(ann, file);
+    std::fputs(r.report().c_str(), stdout);
+    std::fflush(stdout);
+    std::fputs(r.warnings().c_str(), stderr);
+  };
+  if (p.given("result-file")) score(p.str("result-file"));
   if (p.given("result-dir")) {
     const std::string dir = p.str("result-dir");
     for (const auto& name : sorted_entries(dir)) {
@@ -56,7 +62,7 @@ int run_textvqa(const std::vector<std::string>& args) {
         std::printf("Skipping %s\n", name.c_str());
         continue;
       }
-      std::fputs(score_textvqa(ann, path_join(dir, name)).report().c_str(), stdout);
+      score(path_join(dir, name));
     }
   }
   return 0;
@@ -93,7 +99,8 @@ int run_mmbench(const std::vector<std::string>& args) {
   p.flag("judge-wait", cli::Kind::kFloat, "5",
          "after a failed try, sleep a random 0..2x this many seconds (the reference's 5)");
   p.flag("judge-timeout", cli::Kind::kFloat, "66",
-         "seconds allowed to connect and for each read (the reference's 60 x 1.1)");
+         "seconds one judge request may take in all, connect to last byte (the reference's 60 x 1.1, "
+         "there per read: a server that drips bytes could hold a call for ever)");
   p.flag("judge-cache", cli::Kind::kString, "",
          "judge reply cache (default: <out-dir>/<result stem>_judge_cache.jsonl)");
   if (!p.parse(args)) {

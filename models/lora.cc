@@ -670,7 +670,7 @@ MergeLoraReport merge_lora_checkpoint(const std::string& base_dir, const std::st
     throw Error(str_cat("merge-lora: ", adapter_dir, " does not fit ", base_dir, " (",
                         problems.size(), " problems):", listing(problems)));
 
-  StagedOutputDir out(out_dir, opts.overwrite);
+  StagedOutputDir out(out_dir, opts.overwrite, {{"--base", base_dir}, {"--adapter", adapter_dir}});
   MergeLoraReport rep;
   at::ScalarType out_dtype = at::kFloat;
   {

@@ -25,10 +25,21 @@ namespace mgm::models {
 // ---------------------------------------------------------------------------------------------
 // Staged folders and side files
 
-StagedOutputDir::StagedOutputDir(std::string out, bool overwrite)
+StagedOutputDir::StagedOutputDir(std::string out, bool overwrite,
+                                 const std::vector<std::pair<std::string, std::string>>& inputs)
     : out_(std::move(out)), overwrite_(overwrite) {
   while (out_.size() > 1 && out_.back() == '/') out_.pop_back();
   MGM_CHECK(!out_.empty(), "the output folder name is empty");
+  for (const auto& [flag, in] : inputs) {
+    const char* how = resolved_path(out_) == resolved_path(in) ? "is"
+                      : path_within(in, out_)                 ? "contains"
+                      : path_within(out_, in)                 ? "lies inside"
+                                                              : nullptr;
+    if (how != nullptr)
+      throw UsageError(str_cat("the output folder ", out_, " ", how, " ", flag, " ", in,
+                               (std::string(how) == "lies inside" ? "" : ", which replacing it would delete"),
+                               ": choose an output outside the inputs"));
+  }
   if (path_exists(out_)) {
     if (!is_directory(out_))
       throw UsageError(str_cat(out_, " exists and is not a folder; choose another output"));
@@ -226,7 +237,7 @@ DeltaReport apply_delta(const std::string& base, const std::string& delta,
   const c10::ScalarType dt = io::parse_float_dtype(opts.dtype);
   const io::TensorStore bs = io::TensorStore::open(base);
   const io::TensorStore ds = io::TensorStore::open(delta);
-  StagedOutputDir out(target, opts.overwrite);
+  StagedOutputDir out(target, opts.overwrite, {{"--base", base}, {"--delta", delta}});
   DeltaReport rep = stream_delta(ds, bs, "--delta " + delta, "--base " + base, Op::kAdd, out, opts);
   // FastChat's apply_delta saves the base model (its config); LLaVA's saves the delta model,
   // which is what a delta that adds multimodal modules or token rows needs.
@@ -246,7 +257,7 @@ DeltaReport make_delta(const std::string& base, const std::string& target, const
   const c10::ScalarType dt = io::parse_float_dtype(opts.dtype);
   const io::TensorStore bs = io::TensorStore::open(base);
   const io::TensorStore ts = io::TensorStore::open(target);
-  StagedOutputDir out(delta, opts.overwrite);
+  StagedOutputDir out(delta, opts.overwrite, {{"--base", base}, {"--target", target}});
   DeltaReport rep =
       stream_delta(ts, bs, "--target " + target, "--base " + base, Op::kSubtract, out, opts);
   rep.config_from = target;

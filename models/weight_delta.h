@@ -14,8 +14,11 @@ namespace mgm::models {
 // Destroyed without commit(), the temporary folder is removed and `out` is untouched.
 class StagedOutputDir {
  public:
-  // Throws UsageError when `out` exists and !overwrite, or when `out` is not a folder.
-  StagedOutputDir(std::string out, bool overwrite);
+  // Throws UsageError when `out` exists and !overwrite, or when `out` is not a folder, and
+  // (before anything else) when `out` is, contains or lies inside one of `inputs` ({flag, path}):
+  // replacing it would delete or alter an input the job reads.
+  StagedOutputDir(std::string out, bool overwrite,
+                  const std::vector<std::pair<std::string, std::string>>& inputs = {});
   ~StagedOutputDir();
   StagedOutputDir(const StagedOutputDir&) = delete;
   StagedOutputDir& operator=(const StagedOutputDir&) = delete;

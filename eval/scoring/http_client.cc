@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -42,6 +43,27 @@ int timeout_ms(double s) {
   return ms > 2e9 ? 2000000000 : static_cast<int>(ms);
 }
 
+using Clock = std::chrono::steady_clock;
+
+// The per-wait timeout and the request's overall deadline.
+struct Limits {
+  double timeout_s;
+  double deadline_s;
+  Clock::time_point deadline;
+  // Seconds the next wait may take: the per-wait timeout, cut to what is left of the deadline.
+  double wait_s() const {
+    const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+    return std::max(0.0, std::min(timeout_s, left));
+  }
+  bool past_deadline() const { return Clock::now() >= deadline; }
+  // The message for a wait that ran out: the deadline's when it is what ended it.
+  std::string timed_out(const std::string& doing) const {
+    return past_deadline() && deadline_s != timeout_s
+               ? str_cat("no complete response within the request deadline of ", deadline_s, " s (", doing, ")")
+               : str_cat("timed out after ", timeout_s, " s ", doing);
+  }
+};
+
 // Waits for `events` on fd; false on timeout.
 bool wait_fd(int fd, short events, double timeout_s) {
   pollfd p{fd, events, 0};
@@ -53,7 +75,7 @@ bool wait_fd(int fd, short events, double timeout_s) {
   }
 }
 
-void connect_to(Socket& s, const HttpUrl& url, double timeout_s) {
+void connect_to(Socket& s, const HttpUrl& url, const Limits& lim) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -72,8 +94,8 @@ void connect_to(Socket& s, const HttpUrl& url, double timeout_s) {
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
     int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
     if (rc != 0 && errno == EINPROGRESS) {
-      if (!wait_fd(fd, POLLOUT, timeout_s)) {
-        last = str_cat("connection timed out after ", timeout_s, " s");
+      if (!wait_fd(fd, POLLOUT, lim.wait_s())) {
+        last = lim.timed_out("connecting");
         ::close(fd);
         continue;
       }
@@ -96,7 +118,7 @@ void connect_to(Socket& s, const HttpUrl& url, double timeout_s) {
   throw HttpError(str_cat(url.text, ": cannot connect to ", url.host, ":", url.port, ": ", last));
 }
 
-void send_all(const Socket& s, const std::string& data, const HttpUrl& url, double timeout_s) {
+void send_all(const Socket& s, const std::string& data, const HttpUrl& url, const Limits& lim) {
   size_t off = 0;
   while (off < data.size()) {
     const ssize_t n = ::send(s.fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
@@ -106,9 +128,8 @@ void send_all(const Socket& s, const std::string& data, const HttpUrl& url, doub
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!wait_fd(s.fd, POLLOUT, timeout_s))
-        throw HttpError(
-            str_cat(url.text, ": timed out after ", timeout_s, " s sending the request"));
+      if (!wait_fd(s.fd, POLLOUT, lim.wait_s()))
+        throw HttpError(str_cat(url.text, ": ", lim.timed_out("sending the request")));
       continue;
     }
     throw HttpError(str_cat(url.text, ": sending the request failed: ", std::strerror(errno)));
@@ -280,8 +301,11 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
                        const std::vector<std::pair<std::string, std::string>>& headers,
                        const HttpRequestOptions& opts) {
   MGM_CHECK(opts.timeout_s > 0, "http: timeout must be positive");
+  MGM_CHECK(opts.deadline_s >= 0, "http: deadline must not be negative");
+  Limits lim{opts.timeout_s, opts.deadline_s > 0 ? opts.deadline_s : opts.timeout_s, {}};
+  lim.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(lim.deadline_s));
   Socket s;
-  connect_to(s, url, opts.timeout_s);
+  connect_to(s, url, lim);
   const bool v6 = url.host.find(':') != std::string::npos;
   std::string host = v6 ? "[" + url.host + "]" : url.host;
   if (url.port != 80) host += ":" + std::to_string(url.port);
@@ -289,7 +313,7 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
   for (const auto& [k, v] : headers) req += k + ": " + v + "\r\n";
   req += str_cat("Content-Length: ", body.size(), "\r\nConnection: close\r\n\r\n");
   req += body;
-  send_all(s, req, url, opts.timeout_s);
+  send_all(s, req, url, lim);
 
   std::string buf;
   Head h;
@@ -330,9 +354,8 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
     }
     if (buf.size() > opts.max_body_bytes + (size_t{64} << 10))
       throw HttpError(str_cat(url.text, ": response larger than ", opts.max_body_bytes, " bytes"));
-    if (!wait_fd(s.fd, POLLIN, opts.timeout_s))
-      throw HttpError(
-          str_cat(url.text, ": timed out after ", opts.timeout_s, " s waiting for the response"));
+    if (!wait_fd(s.fd, POLLIN, lim.wait_s()))
+      throw HttpError(str_cat(url.text, ": ", lim.timed_out("waiting for the response")));
     const ssize_t n = ::recv(s.fd, chunk, sizeof chunk, 0);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;

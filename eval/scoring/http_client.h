@@ -1,6 +1,6 @@
 // A small HTTP/1.1 client over plain TCP, enough to call an OpenAI-compatible endpoint (the
 // MMBench LLM judge) on a local server or gateway: one POST per connection (Connection: close),
-// connect/read timeouts, Content-Length, chunked or read-to-close bodies. No TLS: an https URL
+// connect/read timeouts and an overall deadline, Content-Length, chunked or read-to-close bodies. No TLS: an https URL
 // is a UsageError that says to put an http gateway in front.
 #pragma once
 
@@ -43,7 +43,10 @@ struct HttpRequestOptions {
   // Seconds allowed for the connection and for each wait on the socket (as `requests` applies
   // its timeout to connect and to every read), > 0.
   double timeout_s = 60;
-  size_t max_body_bytes = size_t{64} << 20;  // larger replies are an HttpError
+  // Seconds the whole request may take, connect to last byte, > 0 (0: timeout_s): a server that
+  // drips a byte at a time, or sends headers without end, cannot keep a call alive past it.
+  double deadline_s = 0;
+  size_t max_body_bytes = size_t{64} << 20;  // larger replies are an HttpError (headers: 64 KiB)
 };
 
 // POSTs `body` with the given extra headers (Host, Content-Length and Connection are added).

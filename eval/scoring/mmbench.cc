@@ -388,7 +388,11 @@ MmbenchScore score_mmbench(const std::string& question_file, const std::string& 
       continue;
     }
     if (!predictions.emplace(id, j["text"].get<std::string>()).second) {
-      predictions[id] = j["text"].get<std::string>();  // the converter keeps the last line
+      std::string& kept = predictions[id];
+      if (kept != j["text"].get<std::string>() &&
+          std::find(s.conflicting_answers.begin(), s.conflicting_answers.end(), id) == s.conflicting_answers.end())
+        s.conflicting_answers.push_back(id);
+      kept = j["text"].get<std::string>();  // the converter keeps the last line
       ++s.duplicate_answers;
     }
   }
@@ -538,6 +542,11 @@ std::string mmbench_terminal_report(const MmbenchScore& s) {
     os << "warning: " << s.unknown_predictions.size()
        << " answer lines have a question_id not in the TSV (ignored): "
        << list_ids(s.unknown_predictions) << "\n";
+  if (!s.conflicting_answers.empty())
+    os << "warning: " << s.conflicting_answers.size()
+       << " question_ids are answered more than once with different texts (the last line is scored, as the "
+          "reference's converter keeps it): "
+       << list_ids(s.conflicting_answers) << "\n";
   for (const auto& sp : s.splits) {
     if (s.splits.size() > 1) os << "split " << sp << ":\n";
     std::string kind;

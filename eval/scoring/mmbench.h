@@ -113,6 +113,7 @@ struct MmbenchScore {
   size_t rows = 0, answer_lines = 0, duplicate_answers = 0;
   std::vector<int64_t> missing_predictions;  // TSV rows with no answer line
   std::vector<int64_t> unknown_predictions;  // answer lines whose question_id is not in the TSV
+  std::vector<int64_t> conflicting_answers;  // ids answered more than once with different texts
 };
 
 class McqJudge;

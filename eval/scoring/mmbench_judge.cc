@@ -193,6 +193,7 @@ std::string McqJudge::generate(const std::string& prompt, int attempt, data::PyR
   const std::string body = mcq_judge_request_body(opts_.model, prompt, opts_.max_tokens);
   HttpRequestOptions ho;
   ho.timeout_s = opts_.timeout_s;
+  ho.deadline_s = opts_.timeout_s;  // one try, connect to last byte, never outlasts it
   bool have_answer = false;  // `answer` keeps the last value a try returned (None before any)
   std::string answer, last_error;
   int64_t failed = 0;

@@ -310,6 +310,18 @@ std::string textvqa_question_from_prompt(const std::string& prompt) {
   return py::encode(py::lower(q));
 }
 
+std::string TextVqaResult::warnings() const {
+  std::string w;
+  if (repeated_questions > 0)
+    w += str_cat("warning: ", experiment, ": ", repeated_questions,
+                 " questions are answered by more than one line; each line is scored, as the reference does\n");
+  if (conflicting_count > 0)
+    w += str_cat("warning: ", experiment, ": ", conflicting_count,
+                 " of them with different answers: ", join(conflicting, "; "),
+                 conflicting_count > conflicting.size() ? "; ..." : "", "\n");
+  return w;
+}
+
 std::string TextVqaResult::report() const {
   return str_cat(experiment, "\nSamples: ", samples, "\nAccuracy: ", format_percent(accuracy),
                  "%\n\n");
@@ -337,6 +349,14 @@ TextVqaResult score_textvqa(const std::string& annotation_file, const std::strin
   std::vector<std::string> missing;
   size_t n_missing = 0;
   double total = 0.0;
+  // Per annotation answered: the first answer's text, whether it was answered again, and whether
+  // a later answer differs.
+  struct Seen {
+    std::string text;
+    bool repeated = false, conflicting = false;
+  };
+  std::map<size_t, Seen> seen;
+  TextVqaResult res;
   for (const auto& rec : lines) {
     const Json& r = rec.value;
     for (const char* key : {"question_id", "prompt", "text"})
@@ -368,6 +388,16 @@ TextVqaResult score_textvqa(const std::string& annotation_file, const std::strin
     MGM_CHECK_FORMAT(gt.size() == 10, annotation_file, "data[", it->second, "] (image_id ",
                      ann["image_id"].dump(), "): expected 10 answers, found ", gt.size());
     total += textvqa_answer_score(textvqa_normalize(r["text"].get<std::string>()), gt);
+    auto [s, first] = seen.emplace(it->second, Seen{r["text"].get<std::string>()});
+    if (!first) {
+      if (!s->second.repeated) ++res.repeated_questions;
+      s->second.repeated = true;
+      if (!s->second.conflicting && s->second.text != r["text"].get<std::string>()) {
+        s->second.conflicting = true;
+        if (++res.conflicting_count <= 5)
+          res.conflicting.push_back(str_cat("question_id ", r["question_id"].dump(), ", question \"", question, "\""));
+      }
+    }
   }
   if (n_missing > 0)
     throw FormatError(result_file,
@@ -375,7 +405,6 @@ TextVqaResult score_textvqa(const std::string& annotation_file, const std::strin
                               " answer lines match no annotation in ", annotation_file,
                               " (by question_id == image_id and question): ", join(missing, "; "),
                               n_missing > missing.size() ? "; ..." : ""));
-  TextVqaResult res;
   std::string base = base_name(result_file);
   // os.path.splitext: leading dots never start an extension.
   const size_t dot = base.rfind('.');

@@ -25,6 +25,12 @@ struct TextVqaResult {
   std::string experiment;  // result file name without folder and extension
   size_t samples = 0;      // answer lines scored (no deduplication, as the reference)
   double accuracy = 0;     // 0..1
+  // Questions answered by more than one line (each line is scored, as the reference does), and
+  // those among them whose answers differ: warnings, not part of the reference's report.
+  size_t repeated_questions = 0;
+  std::vector<std::string> conflicting;  // "question_id Q, question \"...\"", first few
+  size_t conflicting_count = 0;
+  std::string warnings() const;
   // Exactly what eval_textvqa.py prints for one result file.
   std::string report() const;
 };

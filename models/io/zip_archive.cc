@@ -1,7 +1,9 @@
 #include "models/io/zip_archive.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
+#include <vector>
 
 #include "common/error.h"
 
@@ -75,6 +77,13 @@ ZipReader::ZipReader(const uint8_t* data, uint64_t size, std::string what)
   MGM_CHECK_FORMAT(count <= cd_size / 46, what_, "central directory claims ", count,
                    " records but holds at most ", cd_size / 46);
   records_.reserve(count);
+  // Each record's bytes, local header to end of data: no two may share any (checked below).
+  struct Extent {
+    uint64_t begin, end;
+    size_t record;
+  };
+  std::vector<Extent> extents;
+  extents.reserve(count);
   uint64_t pos = cd_offset;
   const uint64_t cd_end = cd_offset + cd_size;
   for (uint64_t k = 0; k < count; ++k) {
@@ -112,9 +121,19 @@ ZipReader::ZipReader(const uint8_t* data, uint64_t size, std::string what)
     }
     MGM_CHECK_FORMAT(local <= size_ && size_ - local >= 30 && rd32(data_ + local) == kLocalSig,
                      what_, "record '", name, "': bad local header offset");
-    uint64_t data_off = local + 30 + rd16(data_ + local + 26) + rd16(data_ + local + 28);
+    // The local header must name the same record (as Python's zipfile checks: "File name in
+    // directory ... and header ... differ").
+    const uint16_t local_name_len = rd16(data_ + local + 26);
+    MGM_CHECK_FORMAT(local_name_len == name_len && size_ - local - 30 >= local_name_len &&
+                         std::memcmp(data_ + local + 30, name.data(), name_len) == 0,
+                     what_, "record '", name, "': the local header at offset ", local, " names '",
+                     std::string(reinterpret_cast<const char*>(data_ + local + 30),
+                                 std::min<uint64_t>(local_name_len, size_ - local - 30)),
+                     "' (central directory and local header differ)");
+    uint64_t data_off = local + 30 + local_name_len + rd16(data_ + local + 28);
     MGM_CHECK_FORMAT(data_off <= size_ && csize <= size_ - data_off, what_, "record '", name,
                      "' extends beyond the end of the file (", size_, " bytes; truncated?)");
+    extents.push_back(Extent{local, data_off + csize, records_.size()});
     if (method != 0) {
       // Listed so that its name can be reported, but its bytes are not usable as stored.
       usize = UINT64_MAX;
@@ -125,6 +144,20 @@ ZipReader::ZipReader(const uint8_t* data, uint64_t size, std::string what)
                      name, "'");
     records_.push_back(ZipRecord{name, data_off, usize});
     pos += 46 + name_len + extra_len + comment_len;
+  }
+  // Records that overlap each other or the central directory (a crafted archive pointing two
+  // names at one tensor's bytes, or a zip bomb) are refused, as Python's zipfile does since 3.12
+  // ("Overlapped entries"): in header order, each record must end before the next begins.
+  std::sort(extents.begin(), extents.end(), [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
+  for (size_t i = 0; i < extents.size(); ++i) {
+    const uint64_t limit = i + 1 < extents.size() ? extents[i + 1].begin : cd_offset;
+    if (extents[i].end > limit)
+      throw FormatError(what_, str_cat("record '", records_[extents[i].record].name, "' (bytes ", extents[i].begin,
+                                       "..", extents[i].end, ") overlaps ",
+                                       i + 1 < extents.size()
+                                           ? str_cat("record '", records_[extents[i + 1].record].name, "' at ", limit)
+                                           : str_cat("the central directory at ", limit),
+                                       " (overlapped entries: a corrupt or crafted archive)"));
   }
 }
 

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/json.h"
+#include "common/strings.h"
 #include "models/io/formats.h"
 #include "tests_util.h"
 
@@ -119,6 +120,80 @@ TEST(Image, BadFilesNameThePath) {
   }
   write_file_atomic(d + "/empty.png", "");
   EXPECT_THROW(decode_image_file(d + "/empty.png"), Error);
+}
+
+// The decompression-bomb limit against PIL's own verdicts (Image.open + load under the same
+// MAX_IMAGE_PIXELS): a 30000x30000 PNG and a JPEG whose header claims 20000x20000 are refused
+// from the header alone (nothing is decoded: the JPEG has no pixels for that size), small
+// images are refused / warned / decoded at a small limit exactly where PIL refuses / warns.
+TEST(Image, DecompressionBombLimitAsPil) {
+  const std::string d = test::temp_dir("bomb");
+  const std::string py = R"(import sys, warnings
+from PIL import Image
+d = sys.argv[1]
+Image.new('1', (30000, 30000)).save(d + '/bomb.png')
+Image.new('RGB', (16, 16), (200, 10, 10)).save(d + '/small.jpg', quality=90)
+b = bytearray(open(d + '/small.jpg', 'rb').read())
+i = 2
+while b[i + 1] not in (0xC0, 0xC1, 0xC2):
+    i += 2 + (b[i + 2] << 8 | b[i + 3])
+b[i + 5:i + 9] = bytes([20000 >> 8, 20000 & 255, 20000 >> 8, 20000 & 255])
+open(d + '/bomb.jpg', 'wb').write(b)
+for n in (12, 15):
+    Image.new('RGB', (n, n), (0, 128, 255)).save(d + '/s%d.png' % n)
+def verdict(f, limit):
+    Image.MAX_IMAGE_PIXELS = limit
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        try:
+            Image.open(d + '/' + f).load()
+        except Image.DecompressionBombError:
+            return 'error'
+        except Exception:
+            return 'other'
+        return 'warn' if any(issubclass(x.category, Image.DecompressionBombWarning) for x in w) else 'ok'
+for f, limit in (('bomb.png', 89478485), ('bomb.jpg', 89478485), ('s12.png', 100), ('s15.png', 100), ('s12.png', 200)):
+    print(f, limit, verdict(f, limit))
+)";
+  write_file_atomic(d + "/make.py", py);
+  std::string out;
+  ASSERT_EQ(test::run_python(d + "/make.py " + d, &out), 0) << out;
+  EXPECT_LT(file_size(d + "/bomb.png"), 2u << 20);  // small on disk, 900 M pixels decoded
+  // Our verdict for the same file and limit: error (ImageTooLargeError), warn (decoded, over the
+  // limit), ok.
+  auto ours = [&](const std::string& f, int64_t limit) -> std::string {
+    set_max_image_pixels(limit);
+    try {
+      const RgbImage im = decode_image_file(d + "/" + f);
+      EXPECT_GT(im.width, 0);
+      return static_cast<int64_t>(im.width) * im.height > limit ? "warn" : "ok";
+    } catch (const ImageTooLargeError& e) {
+      EXPECT_NE(std::string(e.what()).find(d + "/" + f + ": image of "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("decompression bomb"), std::string::npos) << e.what();
+      return "error";
+    } catch (const Error& e) {
+      return std::string("other: ") + e.what();
+    }
+  };
+  size_t checked = 0;
+  for (const auto& line : split(out, '\n')) {
+    const auto f = split(line, ' ');
+    if (f.size() != 3) continue;
+    EXPECT_EQ(ours(f[0], std::stoll(f[1])), f[2]) << line;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5u) << out;
+  set_max_image_pixels(kPilMaxImagePixels);
+  EXPECT_EQ(2 * kPilMaxImagePixels, 178956970);  // PIL's DecompressionBombError threshold
+  // The header sizes, without decoding.
+  EXPECT_EQ(read_image_size_file(d + "/bomb.png"), std::make_pair(int64_t{30000}, int64_t{30000}));
+  EXPECT_EQ(read_image_size_file(d + "/bomb.jpg"), std::make_pair(int64_t{20000}, int64_t{20000}));
+  EXPECT_EQ(read_image_size_file(d + "/small.jpg"), std::make_pair(int64_t{16}, int64_t{16}));
+  // 0 lifts the limit (PIL: MAX_IMAGE_PIXELS = None); negative is refused.
+  set_max_image_pixels(0);
+  EXPECT_NO_THROW(check_image_pixels(30000, 30000, "x"));
+  EXPECT_THROW(set_max_image_pixels(-1), UsageError);
+  set_max_image_pixels(kPilMaxImagePixels);
 }
 
 // The resize paths (plain, padded without a canvas, and the whole uint8 pipeline) against PIL on

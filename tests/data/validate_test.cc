@@ -73,5 +73,45 @@ TEST(Validate, ReportsEveryProblemKindWithTheSampleId) {
   EXPECT_NE(r.text().find("line 4 (record #2, id 'noconv')"), std::string::npos) << r.text();
 }
 
+// What training refuses, validate reports: a sample with two images (training stops on it) and
+// an image over the decompression-bomb limit, found from its header even without decoding.
+TEST(Validate, ReportsWhatTrainingRefuses) {
+  std::string d = test::temp_dir("validate_refusals");
+  make_dirs(d + "/img");
+  write_file_atomic(d + "/img/ok.png", std::string(reinterpret_cast<const char*>(kPng), sizeof kPng));
+  // A PNG signature and IHDR chunk claiming 30000 x 30000 (nothing after it is ever read).
+  std::string bomb(reinterpret_cast<const char*>(kPng), 16);
+  for (int k = 0; k < 2; ++k) bomb += std::string("\x00\x00\x75\x30", 4);
+  bomb += std::string("\x08\x02\x00\x00\x00", 5) + std::string(64, '\x11');
+  write_file_atomic(d + "/img/bomb.png", bomb);
+  std::vector<std::string> corpus = {"What is it? A red circle."};
+  for (int i = 0; i < 50; ++i) corpus.push_back("the blue square is left of the red circle " + std::to_string(i));
+  train_gemma_style_tokenizer(corpus, d + "/tokenizer.model", 300, 1);
+  write_file_atomic(d + "/data.json", R"([
+{"id": "two", "image": ["ok.png", "ok.png"], "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]},
+{"id": "bomb", "image": "bomb.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]},
+{"id": "good", "image": "ok.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]}
+])");
+  for (const bool decode : {true, false}) {
+    ValidateOptions o;
+    o.data_path = d + "/data.json";
+    o.image_folder = d + "/img";
+    o.tokenizer = d + "/tokenizer.model";
+    o.image_tokens = 16;
+    o.decode_images = decode;
+    const ValidationReport r = validate_dataset(o);
+    EXPECT_EQ(r.samples_with_problems, 2u) << r.text();
+    auto has = [&](const std::string& kind, const std::string& id, const std::string& msg) {
+      for (const auto& p : r.problems)
+        if (p.kind == kind && p.where.find("'" + id + "'") != std::string::npos && p.message.find(msg) != std::string::npos)
+          return true;
+      return false;
+    };
+    EXPECT_TRUE(has("multiple_images", "two", "has 2 images; MGM trains one image per sample")) << r.text();
+    EXPECT_TRUE(has("image_too_large", "bomb", "bomb.png: image of 30000x30000 = 900000000 pixels exceeds the limit of 178956970"))
+        << r.text();
+  }
+}
+
 }  // namespace
 }  // namespace mgm::data

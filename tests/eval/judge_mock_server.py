@@ -12,6 +12,8 @@ in order, the last one repeating. A SPEC is an object:
   {"close_delimited": true, ...}    no Content-Length: the body ends when the connection closes
   {"drop": true}                    close the connection without a reply
   {"delay": S, ...}                 sleep S seconds first
+  {"drip": S, ...}                  send the reply one byte every S seconds
+  {"endless_headers": S}            send header lines without end, one every S seconds
 Every request is appended to DIR/requests.jsonl ({"path", "headers", "body"}) before replying.
 Binds 127.0.0.1 on an ephemeral port and writes it to DIR/port once listening.
 """
@@ -64,6 +66,30 @@ class Handler(BaseHTTPRequestHandler):
                     break
         time.sleep(spec.get("delay", 0))
         if spec.get("drop"):
+            self.close_connection = True
+            return
+        if "endless_headers" in spec:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            try:
+                for i in range(100000):
+                    self.wfile.write(b"X-Filler-%d: %s\r\n" % (i, b"y" * 60))
+                    self.wfile.flush()
+                    time.sleep(spec["endless_headers"])
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+            return
+        if "drip" in spec:
+            data = completion(spec.get("content", "A"))
+            raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+                len(data), data)
+            try:
+                for i in range(len(raw)):
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(spec["drip"])
+            except OSError:
+                pass
             self.close_connection = True
             return
         status = spec.get("status", 200)

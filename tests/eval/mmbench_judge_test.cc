@@ -203,7 +203,9 @@ TEST(HttpClient, AgainstMockServer) {
         {{"match", "error"},
          {"replies", {{{"status", 503}, {"body", "\n  upstream exploded  \nsecond line"}}}}},
         {{"match", "drop"}, {"replies", {{{"drop", true}}}}},
-        {{"match", "slow"}, {"replies", {{{"delay", 3}, {"content", "late"}}}}}}}};
+        {{"match", "slow"}, {"replies", {{{"delay", 3}, {"content", "late"}}}}},
+        {{"match", "drip"}, {"replies", {{{"drip", 0.2}, {"content", "dripped"}}}}},
+        {{"match", "headers"}, {"replies", {{{"endless_headers", 0}}}}}}}};
   MockServer server(d, script);
   const HttpUrl url = parse_http_url(server.url());
   HttpRequestOptions o;
@@ -238,6 +240,22 @@ TEST(HttpClient, AgainstMockServer) {
   EXPECT_EQ(reqs[0]["headers"]["content-type"], "application/json");
   EXPECT_EQ(reqs[0]["headers"]["host"], "127.0.0.1:" + std::to_string(url.port));
   EXPECT_EQ(reqs[0]["body"]["messages"][0]["content"], "plain");
+
+  // A server that drips one byte every 0.2 s never lets a single wait time out, but the
+  // request's deadline ends the call (the reply would take a minute).
+  o.timeout_s = 5;
+  o.deadline_s = 1.5;
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_NE(error_of([&] { post("drip"); }).find("no complete response within the request deadline of 1.5 s"),
+            std::string::npos);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(took, 1.4);
+  EXPECT_LT(took, 30);  // a liveness bound: without the deadline this takes about 60 s
+  // Header lines without end are cut at the header limit.
+  o.deadline_s = 0;
+  o.timeout_s = 30;
+  const std::string endless = error_of([&] { post("headers"); });
+  EXPECT_NE(endless.find(": response headers larger than 64 KiB"), std::string::npos) << endless;
 
   const std::string dead = "http://127.0.0.1:" + std::to_string(dead_port()) + "/v1";
   EXPECT_NE(error_of([&] {

@@ -169,6 +169,7 @@ TEST(MmbenchScore, EndToEndHandComputed) {
   EXPECT_EQ(s.duplicate_answers, 1u);
   EXPECT_EQ(s.missing_predictions, (std::vector<int64_t>{2000002}));
   EXPECT_EQ(s.unknown_predictions, (std::vector<int64_t>{99}));
+  EXPECT_EQ(s.conflicting_answers, (std::vector<int64_t>{1}));  // "B", then "A"
   EXPECT_EQ(s.groups[1].rows[2].prediction, "nan");
 
   // Overall 2/4; CP (questions 1, 3) 2/2; FP-S (2, 4) 0/2; image_scene 2/2; ocr 0/2.
@@ -177,6 +178,10 @@ TEST(MmbenchScore, EndToEndHandComputed) {
   EXPECT_NE(term.find("Overall                                   50.00%  (2/4)"), std::string::npos)
       << term;
   EXPECT_NE(term.find("1 TSV rows have no answer line"), std::string::npos) << term;
+  EXPECT_NE(term.find("warning: 1 question_ids are answered more than once with different texts (the last line is "
+                      "scored, as the reference's converter keeps it): 1\n"),
+            std::string::npos)
+      << term;
   EXPECT_NE(term.find("groups: 2 right, 1 wrong, 1 unresolved"), std::string::npos) << term;
 
   const std::string out = d + "/reports";

@@ -191,6 +191,19 @@ TEST(TextVqaScore, EndToEndHandComputed) {
   EXPECT_EQ(r.samples, 4u);
   EXPECT_NEAR(r.accuracy, 0.725, 1e-12);
   EXPECT_EQ(r.report(), "MGM-2B.v1\nSamples: 4\nAccuracy: 72.50%\n\n");
+  // img1 is answered twice, differently: each line scored as the reference, and a warning.
+  EXPECT_EQ(r.repeated_questions, 1u);
+  EXPECT_EQ(r.conflicting_count, 1u);
+  EXPECT_EQ(r.warnings(),
+            "warning: MGM-2B.v1: 1 questions are answered by more than one line; each line is scored, as the "
+            "reference does\nwarning: MGM-2B.v1: 1 of them with different answers: question_id \"img1\", question "
+            "\"is this open?\"\n");
+  // A repeat with the same answer is counted, not called conflicting.
+  write_file_atomic(d + "/same.jsonl", line("img1", "Is this open?", "Yes.") + line("img1", "Is this open?", "Yes."));
+  const TextVqaResult same = score_textvqa(d + "/ann.json", d + "/same.jsonl");
+  EXPECT_EQ(same.repeated_questions, 1u);
+  EXPECT_EQ(same.conflicting_count, 0u);
+  EXPECT_EQ(score_textvqa(d + "/ann.json", d + "/MGM-2B.v1.jsonl").samples, 4u);
 }
 
 TEST(TextVqaScore, PrintsTwoDecimalsOfThePercentage) {
