@@ -31,14 +31,14 @@ StagedOutputDir::StagedOutputDir(std::string out, bool overwrite,
   while (out_.size() > 1 && out_.back() == '/') out_.pop_back();
   MGM_CHECK(!out_.empty(), "the output folder name is empty");
   for (const auto& [flag, in] : inputs) {
+    // (An output inside an input, e.g. ADAPTER/merged, replaces only itself: allowed.)
     const char* how = resolved_path(out_) == resolved_path(in) ? "is"
                       : path_within(in, out_)                 ? "contains"
-                      : path_within(out_, in)                 ? "lies inside"
                                                               : nullptr;
     if (how != nullptr)
       throw UsageError(str_cat("the output folder ", out_, " ", how, " ", flag, " ", in,
-                               (std::string(how) == "lies inside" ? "" : ", which replacing it would delete"),
-                               ": choose an output outside the inputs"));
+                               ", which replacing it would delete: choose an output that neither is nor "
+                               "contains an input"));
   }
   if (path_exists(out_)) {
     if (!is_directory(out_))

@@ -15,8 +15,8 @@ namespace mgm::models {
 class StagedOutputDir {
  public:
   // Throws UsageError when `out` exists and !overwrite, or when `out` is not a folder, and
-  // (before anything else) when `out` is, contains or lies inside one of `inputs` ({flag, path}):
-  // replacing it would delete or alter an input the job reads.
+  // (before anything else) when `out` is or contains one of `inputs` ({flag, path}): replacing
+  // it would delete an input the job reads.
   StagedOutputDir(std::string out, bool overwrite,
                   const std::vector<std::pair<std::string, std::string>>& inputs = {});
   ~StagedOutputDir();

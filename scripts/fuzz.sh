@@ -47,7 +47,7 @@ printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned lon
 
 # Library objects: coverage-instrumented (fuzzer-no-link) and sanitized. Rebuilt when the source
 # or any header of common/ or models/io/ is newer than the object.
-lib_srcs=(common/strings.cc common/json.cc common/files.cc
+lib_srcs=(common/strings.cc common/json.cc common/files.cc common/log.cc
           models/io/dtype.cc models/io/formats.cc models/io/pickle.cc models/io/zip_archive.cc)
 newest_header="$(ls -t "$root"/common/*.h "$root"/models/io/*.h | head -1)"
 stale() {  # stale <object> <source>

@@ -21,6 +21,11 @@ std::string source_dir();
 // The message of the exception `f` throws, or "(no error)" when it throws none.
 std::string error_of(const std::function<void()>& f);
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read back, closed), for a
+// server that must be told its port in advance (a c10d store's MASTER_PORT). Prefer letting the
+// server bind port 0 and report it (as the mock servers do) where that is possible.
+int free_port();
+
 // Starts `command` through /bin/sh (exec'd, so the pid is the command's), stdout+stderr to `log`.
 pid_t spawn(const std::string& command, const std::string& log);
 // Waits for `pid` up to `limit`: its exit code (128 + signal when killed by one), or -1 when it was

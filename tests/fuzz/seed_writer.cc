@@ -188,7 +188,19 @@ int main(int argc, char** argv) {
     const std::string mod = module_pickle();
     write(out + "/pickle/module", mod);
     write(out + "/torch_zip/module", zip("archive", mod, {pattern(48), pattern(4), pattern(8)}));
-    // The seeds must be valid: a seed the parser refuses would only exercise error paths.
+    // One refused seed on purpose, next to the overlap check (mutations of it reach both
+    // sides): the module archive with its last central entry pointed at the first record's
+    // local header, two names for one record's bytes.
+    {
+      std::string shared = zip("archive", mod, {pattern(48), pattern(4), pattern(8)});
+      size_t last = std::string::npos;
+      for (size_t p = shared.find("PK\x01\x02"); p != std::string::npos; p = shared.find("PK\x01\x02", p + 1)) last = p;
+      if (last != std::string::npos) {
+        for (int k = 0; k < 4; ++k) shared[last + 42 + k] = 0;  // local header offset -> 0
+        write(out + "/torch_zip/shared_bytes_refused", shared);
+      }
+    }
+    // The other seeds must be valid: a seed the parser refuses would only exercise error paths.
     for (const char* name : {"projector", "scalar_and_empty", "empty", "module"}) {
       FILE* f = std::fopen((out + "/torch_zip/" + name).c_str(), "rb");
       std::string bytes;

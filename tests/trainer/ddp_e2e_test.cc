@@ -34,17 +34,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
 
 size_t line_count(const std::string& path) {
   std::ifstream in(path);
@@ -289,10 +279,11 @@ TEST_F(DdpE2E, KilledRankStopsTheOthersNamingIt) {
   kill(pids[1], SIGKILL);
   waitpid(pids[1], nullptr, 0);
   double took = 0;
-  const int rc = test::wait_exit(pids[0], std::chrono::seconds(40), &took);
+  const int rc = test::wait_exit(pids[0], std::chrono::seconds(90), &took);
   const std::string log = read_file(root + "/log0");
   EXPECT_EQ(rc, 1) << log;
-  EXPECT_LT(took, 20 + 5) << "not stopped within --ddp_timeout";
+  // --ddp_timeout (20 s) plus room for a loaded 2-core machine; a hang would blow it by far.
+  EXPECT_LT(took, 20 + 20) << "not stopped within --ddp_timeout";
   EXPECT_NE(log.find("error: [rank 0/2] stopping: rank 1 stopped responding at step "),
             std::string::npos)
       << log;
@@ -341,10 +332,11 @@ TEST_F(DdpE2E, LauncherTearsDownWhenAWorkerDies) {
   ASSERT_GT(victim, 0);
   kill(victim, SIGKILL);
   double took = 0;
-  const int rc = test::wait_exit(launcher, std::chrono::seconds(30), &took);
+  const int rc = test::wait_exit(launcher, std::chrono::seconds(90), &took);
   const std::string log = read_file(root + "/log");
   EXPECT_EQ(rc, 1) << log;
-  EXPECT_LT(took, 15.0) << log;  // SIGTERM to the survivor, SIGKILL after 10 s at the latest
+  // SIGTERM to the survivor, SIGKILL after 10 s at the latest; room for a loaded machine.
+  EXPECT_LT(took, 30.0) << log;
   EXPECT_NE(log.find(str_cat("worker rank 1 (pid ", victim, ") was killed by signal 9")),
             std::string::npos)
       << log;
@@ -368,7 +360,7 @@ TEST_F(DdpE2E, TwoProcessResumeIsExact) {
   ASSERT_TRUE(test::wait_for_file(b + "/checkpoint-6/trainer_state.json", std::chrono::seconds(120)))
       << read_file(root + "/b1.log");
   kill(launcher, SIGTERM);
-  EXPECT_EQ(test::wait_exit(launcher, std::chrono::seconds(30)), 128 + SIGTERM)
+  EXPECT_EQ(test::wait_exit(launcher, std::chrono::seconds(90)), 128 + SIGTERM)
       << read_file(root + "/b1.log");
   ASSERT_FALSE(path_exists(b + "/model.safetensors")) << "stopped too late to test resuming";
   const std::string cp = list_checkpoints(b).back().path;

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "tests_util.h"
 #include "trainer/ddp.h"
 #include "trainer/distributed.h"
 
@@ -24,18 +25,7 @@
 namespace mgm::trainer {
 namespace {
 
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+using test::free_port;
 
 // Runs fn(comm) on `world` ranks, one thread each, over c10d Gloo.
 void run_ranks(int world, const std::function<void(Communicator&)>& fn) {
