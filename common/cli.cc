@@ -256,6 +256,12 @@ int run_main(const std::function<int()>& fn) {
   } catch (const UsageError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
+  } catch (const Error& e) {
+    // The project's own messages reach the user whole: some list one problem per line (the
+    // tensors apply-delta, make-delta and merge-lora found wrong). Where they quote a libtorch
+    // error they take its first line themselves.
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
   } catch (const std::exception& e) {
     // c10::Error messages carry a multi-line backtrace; the first line is the message.
     std::string msg = e.what();

@@ -1,5 +1,7 @@
 #include "data/conversation.h"
 
+#include "data/py_compat.h"
+
 #include <algorithm>
 
 #include "common/error.h"
@@ -51,7 +53,10 @@ std::vector<Turn> move_image_to_front(std::vector<Turn> turns) {
     size_t p;
     while ((p = v.find(kImageToken)) != std::string::npos)
       v.erase(p, std::string(kImageToken).size());
-    t.value = std::string(kImageToken) + "\n" + trim(v);
+    // MGM's preprocess_multimodal (mgm/train/train.py): remove every "<image>", strip, prepend
+    // "<image>\n", strip again (so a turn that was only the image is "<image>", no newline),
+    // with Python's str.strip() (Unicode whitespace).
+    t.value = py_strip(std::string(kImageToken) + "\n" + py_strip(v));
   }
   return turns;
 }

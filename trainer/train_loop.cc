@@ -826,11 +826,16 @@ int train_main(const std::vector<std::string>& argv) {
               format_duration(r.runtime_s).c_str(), r.samples_per_second, r.tokens_per_second,
               human_bytes(r.peak_memory_bytes).c_str(),
               r.skipped_samples > 0 ? str_cat("; ", r.skipped_samples, " samples skipped").c_str() : "");
-  std::printf("outputs in %s: %s, metrics.jsonl, loss.png, train_results.json\n", a.output_dir.c_str(),
+  // What is there (loss.png needs two logged losses; a very short run has none).
+  std::vector<std::string> extra;
+  for (const char* f : {"metrics.jsonl", "loss.png", "train_results.json"})
+    if (path_exists(path_join(a.output_dir, f))) extra.push_back(f);
+  std::printf("outputs in %s: %s, %s\n", a.output_dir.c_str(),
               a.stage == Stage::kPretrain ? "mm_projector.bin + config.json"
               : a.lora_enable ? "config.json + adapter_config.json + adapter_model.safetensors + "
                                 "non_lora_trainables.bin + tokenizer"
-                              : "config.json + model safetensors + tokenizer");
+                              : "config.json + model safetensors + tokenizer",
+              join(extra, ", ").c_str());
   return 0;
 }
 

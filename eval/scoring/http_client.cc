@@ -128,7 +128,7 @@ void send_all(const Socket& s, const std::string& data, const HttpUrl& url, cons
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!wait_fd(s.fd, POLLOUT, lim.wait_s()))
+      if (lim.past_deadline() || !wait_fd(s.fd, POLLOUT, lim.wait_s()))
         throw HttpError(str_cat(url.text, ": ", lim.timed_out("sending the request")));
       continue;
     }
@@ -354,7 +354,8 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
     }
     if (buf.size() > opts.max_body_bytes + (size_t{64} << 10))
       throw HttpError(str_cat(url.text, ": response larger than ", opts.max_body_bytes, " bytes"));
-    if (!wait_fd(s.fd, POLLIN, lim.wait_s()))
+    // Past the deadline even a server that keeps sending is cut off.
+    if (lim.past_deadline() || !wait_fd(s.fd, POLLIN, lim.wait_s()))
       throw HttpError(str_cat(url.text, ": ", lim.timed_out("waiting for the response")));
     const ssize_t n = ::recv(s.fd, chunk, sizeof chunk, 0);
     if (n < 0) {

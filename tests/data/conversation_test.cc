@@ -116,7 +116,17 @@ TEST(Conversation, MatchesPythonReferenceOnGeneratedConversations) {
       c.turns.push_back({"gpt", "leading turn dropped"});
     for (int r = 0; r < rounds; ++r) {
       std::string q = random_text(rng, 1, 12);
-      if (r == 0 && c.has_image) q = (rng() % 2) ? "<image>\n" + q : q + " <image>";
+      if (r == 0 && c.has_image) {
+        // Image first, image last, the image alone, around whitespace only, Unicode spaces.
+        switch (rng() % 6) {
+          case 0: q = "<image>\n" + q; break;
+          case 1: q = q + " <image>"; break;
+          case 2: q = "<image>"; break;
+          case 3: q = " \n<image>\t \n"; break;
+          case 4: q = "\u00a0<image>\u3000" + q + "\u2003"; break;
+          default: q = q + "\n<image>\n"; break;
+        }
+      }
       c.turns.push_back({"human", q});
       c.turns.push_back({"gpt", random_text(rng, 1, 20)});
     }

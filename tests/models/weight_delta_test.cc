@@ -63,6 +63,15 @@ void expect_same(const std::string& dir, const io::NamedTensors& want) {
   }
 }
 
+// The mgm binary beside this test binary.
+std::string mgm_binary() {
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "";
+  self[n] = 0;
+  return (fs::path(self).parent_path().parent_path() / "eval" / "mgm").string();
+}
+
 TEST(WeightDelta, MakeThenApplyReproducesTheTargetExactlyInFp32) {
   const std::string d = test::temp_dir("delta_roundtrip");
   const io::NamedTensors base = small_base(), target = finetuned(base, 0.005);
@@ -225,6 +234,17 @@ TEST(WeightDelta, MismatchesAreListedAndNothingIsWritten) {
     EXPECT_NE(e.find(want), std::string::npos) << want << " in: " << e;
   EXPECT_FALSE(path_exists(d + "/out"));
   EXPECT_FALSE(path_exists(d + "/out.tmp-" + std::to_string(::getpid())));
+  // The command line shows the whole list too (run_main used to cut every message at its first
+  // line, leaving the count and no name).
+  std::string cli;
+  EXPECT_EQ(test::run_command(mgm_binary() + " weights apply-delta --base " + d + "/base --delta " + d +
+                                  "/delta --target " + d + "/out 2>&1",
+                              &cli),
+            1)
+      << cli;
+  for (const char* want : {"4 problems", "model.norm.weight: in --base", "model.layers.0.self_attn.q_proj.weight: shape",
+                           "model.layers.0.mlp.new_proj.weight: only in --delta", "model.embed_tokens.weight: shape"})
+    EXPECT_NE(cli.find(want), std::string::npos) << want << " in: " << cli;
 
   // An existing output is replaced only with overwrite.
   write_model(d + "/good", finetuned(base, 0.01), "good");
@@ -294,14 +314,6 @@ ChildMemory memory_of(const std::string& bin, const std::vector<std::string>& ar
                                      samples.end());
   }
   return m;
-}
-
-std::string mgm_binary() {
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) return "";
-  self[n] = 0;
-  return (fs::path(self).parent_path().parent_path() / "eval" / "mgm").string();
 }
 
 // A 200 MB fp32 model in 20 MB shards: apply-delta holds about one output shard and the tensors

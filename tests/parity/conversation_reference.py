@@ -40,8 +40,8 @@ def tokenizer_image_token(tok, prompt):
 def move_image_to_front(turns):
     out = []
     for frm, val in turns:
-        if "<image>" in val:
-            val = "<image>\n" + val.replace("<image>", "").strip()
+        if "<image>" in val:  # MGM's preprocess_multimodal, both strips
+            val = ("<image>\n" + val.replace("<image>", "").strip()).strip()
         out.append((frm, val))
     return out
 

@@ -237,6 +237,17 @@ TEST_F(TrainE2E, FinishedRunIsNeverRetrained) {
   EXPECT_EQ(out.find("index.json"), std::string::npos) << out;
   // --overwrite_output_dir trains afresh.
   EXPECT_EQ(test::run_command(c + " --overwrite_output_dir", &out), 0) << out;
+  EXPECT_NE(out.find("metrics.jsonl, loss.png, train_results.json\n"), std::string::npos) << out;
+  // The closing line names only what was written: one step draws no loss.png.
+  const std::string one = o + "_one_step";
+  EXPECT_EQ(test::run_command(common(one, "finetune", "finetune.json") + " --max_steps 1 --save_strategy no"
+                                  " --dataloader_num_workers 0",
+                              &out),
+            0)
+      << out;
+  EXPECT_FALSE(path_exists(one + "/loss.png"));
+  EXPECT_NE(out.find("metrics.jsonl, train_results.json\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("loss.png"), std::string::npos) << out;
 }
 
 // A second train_mgm on a folder in use is refused at once, naming the holder, and changes
