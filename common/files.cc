@@ -231,20 +231,15 @@ std::string resolved_path(const std::string& path) {
     MGM_CHECK(::getcwd(cwd, sizeof cwd) != nullptr, "cannot read the current folder: ", std::strerror(errno));
     p = std::string(cwd) + "/" + p;
   }
-  // Fold "." and ".." lexically, then resolve the longest existing prefix.
+  // The components as written: "x/link/../y" must resolve "link" before "..", as the kernel does.
   std::vector<std::string> parts;
-  size_t i = 0;
-  while (i <= p.size()) {
+  for (size_t i = 0; i <= p.size();) {
     size_t j = p.find('/', i);
     if (j == std::string::npos) j = p.size();
-    const std::string c = p.substr(i, j - i);
-    if (c == "..") {
-      if (!parts.empty()) parts.pop_back();
-    } else if (!c.empty() && c != ".") {
-      parts.push_back(c);
-    }
+    if (j > i) parts.push_back(p.substr(i, j - i));
     i = j + 1;
   }
+  // realpath() of the longest prefix that exists; the missing rest is folded onto it.
   for (size_t keep = parts.size() + 1; keep-- > 0;) {
     std::string prefix;
     for (size_t k = 0; k < keep; ++k) prefix += "/" + parts[k];
@@ -252,7 +247,15 @@ std::string resolved_path(const std::string& path) {
     char buf[PATH_MAX];
     if (::realpath(prefix.c_str(), buf) == nullptr) continue;
     std::string out = buf;
-    for (size_t k = keep; k < parts.size(); ++k) out += (out == "/" ? "" : "/") + parts[k];
+    for (size_t k = keep; k < parts.size(); ++k) {
+      if (parts[k] == ".") continue;
+      if (parts[k] == "..") {
+        const size_t slash = out.rfind('/');
+        out = slash == 0 || slash == std::string::npos ? "/" : out.substr(0, slash);
+        continue;
+      }
+      out += (out == "/" ? "" : "/") + parts[k];
+    }
     return out;
   }
   return p;

@@ -49,10 +49,13 @@ std::vector<Turn> move_image_to_front(std::vector<Turn> turns) {
   for (auto& t : turns) {
     size_t f = t.value.find(kImageToken);
     if (f == std::string::npos) continue;
-    std::string v = t.value;
-    size_t p;
-    while ((p = v.find(kImageToken)) != std::string::npos)
-      v.erase(p, std::string(kImageToken).size());
+    // Python's str.replace: one left-to-right pass ("<ima<image>ge>" leaves "<image>").
+    const std::string tok = kImageToken;
+    std::string v;
+    size_t from = 0;
+    for (size_t p; (p = t.value.find(tok, from)) != std::string::npos; from = p + tok.size())
+      v.append(t.value, from, p - from);
+    v.append(t.value, from, std::string::npos);
     // MGM's preprocess_multimodal (mgm/train/train.py): remove every "<image>", strip, prepend
     // "<image>\n", strip again (so a turn that was only the image is "<image>", no newline),
     // with Python's str.strip() (Unicode whitespace).

@@ -43,10 +43,13 @@ int64_t max_image_pixels() { return g_max_image_pixels; }
 void check_image_pixels(int64_t width, int64_t height, const std::string& what) {
   const int64_t limit = g_max_image_pixels;
   if (limit <= 0) return;
-  const int64_t pixels = width * height;
-  if (pixels > 2 * limit)
+  // PIL counts max(1, w) * max(1, h); in 128 bits, as header sizes reach 2^32 - 1 per side.
+  const __int128 px128 = static_cast<__int128>(std::max<int64_t>(1, width)) * std::max<int64_t>(1, height);
+  const int64_t pixels = px128 > INT64_MAX ? INT64_MAX : static_cast<int64_t>(px128);
+  if (px128 > 2 * static_cast<__int128>(limit))
     throw ImageTooLargeError(str_cat(
-        what, ": image of ", width, "x", height, " = ", pixels, " pixels exceeds the limit of ", 2 * limit,
+        what, ": image of ", width, "x", height, " = ", pixels, " pixels exceeds the limit of ",
+        static_cast<double>(limit) * 2 > 9e18 ? std::string("2 x ") + std::to_string(limit) : std::to_string(2 * limit),
         " (twice --max_image_pixels ", limit, "), a possible decompression bomb (PIL refuses it with "
         "DecompressionBombError); raise --max_image_pixels, or set 0, only for files you trust"));
   if (pixels > limit) {
@@ -81,7 +84,7 @@ std::optional<std::pair<int64_t, int64_t>> read_image_size(const uint8_t* d, siz
   if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8) {  // JPEG: the first SOFn segment
     size_t i = 2;
     while (i + 1 < n) {
-      if (d[i] != 0xFF) return std::nullopt;
+      while (i < n && d[i] != 0xFF) ++i;  // stray bytes between segments: skipped, as PIL does
       while (i < n && d[i] == 0xFF) ++i;  // fill bytes
       if (i >= n) return std::nullopt;
       const uint8_t m = d[i++];
@@ -205,6 +208,12 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
   if (stbi_is_16_bit_from_memory(data, len)) {
     stbi_us* p = stbi_load_16_from_memory(data, len, &w, &h, &n, 0);
     if (p == nullptr) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
+    try {
+      check_image_pixels(w, h, what);  // a header the check above could not read
+    } catch (...) {
+      stbi_image_free(p);
+      throw;
+    }
     RgbImage out(w, h);
     for (size_t i = 0; i < static_cast<size_t>(w) * h; ++i) {
       const stbi_us* s = p + i * n;
@@ -220,6 +229,12 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
   }
   stbi_uc* p = stbi_load_from_memory(data, len, &w, &h, &n, 3);
   if (p == nullptr) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
+  try {
+    check_image_pixels(w, h, what);  // a header the check above could not read
+  } catch (...) {
+    stbi_image_free(p);
+    throw;
+  }
   RgbImage out(w, h);
   std::memcpy(out.pixels.data(), p, out.pixels.size());
   stbi_image_free(p);

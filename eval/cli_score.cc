@@ -58,6 +58,7 @@ int run_textvqa(const std::vector<std::string>& args) {
   if (p.given("result-dir")) {
     const std::string dir = p.str("result-dir");
     for (const auto& name : sorted_entries(dir)) {
+      if (ends_with(name, ".lock")) continue;  // the answers files' locks (mgm eval)
       if (!ends_with(name, ".jsonl")) {
         std::printf("Skipping %s\n", name.c_str());
         continue;

@@ -176,8 +176,10 @@ RunStats run_mmbench(const MmbenchOptions& o) {
     auto its = mmbench_items(rows[i], o.prompt, str_cat(o.question_file, " line ", rows[i].line));
     for (auto& it : its) items.push_back(std::move(it));
   }
+  const auto lock = lock_answers_file(o.run.answers_file);  // before the (slow) model load
   EvalModel m = load_eval_model(o.model);
   RunOptions run = o.run;
+  run.lock_held = true;
   run.settings = base_settings("mmbench", o.model, m, run.generation, o.question_file, o.num_chunks,
                                o.chunk_idx);
   run.settings["single_pred_prompt"] = o.prompt.single_pred_prompt;

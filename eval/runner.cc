@@ -338,6 +338,13 @@ void repair_answers(const std::string& path, const ExistingAnswers& ex) {
   }
 }
 
+std::unique_ptr<FileLock> lock_answers_file(const std::string& answers_file) {
+  MGM_CHECK(!answers_file.empty(), "--answers-file is required");
+  const std::string parent = parent_dir(answers_file);
+  if (!parent.empty()) make_dirs(parent);
+  return FileLock::acquire(resolved_path(answers_file) + ".lock", "--answers-file " + answers_file);
+}
+
 RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts) {
   MGM_CHECK(!opts.answers_file.empty(), "--answers-file is required");
   if (opts.batch_size < 1)
@@ -346,9 +353,9 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
   const std::string sidecar = path + ".settings.json";
   const std::string parent = parent_dir(path);
   if (!parent.empty()) make_dirs(parent);
-  // One writer per answers file for the whole run: a second process on it is refused at once,
-  // naming the holder, before it reads or changes anything (common/files.h FileLock).
-  const auto lock = FileLock::acquire(path + ".lock", "--answers-file " + path);
+  // One writer per answers file for the whole run: a second process on it is refused, naming
+  // the holder, before it reads or changes anything.
+  const auto lock = opts.lock_held ? nullptr : lock_answers_file(path);
   if (opts.overwrite) {
     std::remove(path.c_str());
     std::remove(sidecar.c_str());
@@ -520,6 +527,12 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
 
 MergeStats merge_answer_files(const std::vector<std::string>& inputs, const std::string& output) {
   if (inputs.empty()) throw UsageError("mgm eval merge: give --inputs");
+  // The output is written by nobody else meanwhile, and no input is still being written (a run
+  // holding its lock): the same locks `mgm eval` takes.
+  const auto out_lock = lock_answers_file(output);
+  for (const auto& in : inputs)
+    if (path_exists(in) && resolved_path(in) != resolved_path(output))
+      (void)lock_answers_file(in);  // refused, naming the writer, while a run holds it
   MergeStats st;
   std::map<std::string, std::string> files;  // canonical path -> as given
   std::map<int64_t, std::string> chunks;     // chunk_idx -> file, from the settings records

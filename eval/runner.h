@@ -11,9 +11,11 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "common/json.h"
 #include "data/conversation.h"
 #include "data/image.h"
@@ -97,6 +99,7 @@ struct RunOptions {
   BadSamplePolicy on_bad_sample = BadSamplePolicy::kError;
   int64_t max_new_answers = -1;  // stop after this many new answers (a test hook); -1: all
   bool overwrite = false;        // start the answers file afresh
+  bool lock_held = false;        // the caller holds lock_answers_file(answers_file)
   bool quiet = false;
   // Testing only: after this many batches, write half of the next batch's first line and SIGKILL
   // the process (a kill at the worst moment, for resume tests); -1: off.
@@ -114,8 +117,14 @@ OrderedJson base_settings(const std::string& benchmark, const EvalModelOptions& 
                           const EvalModel& m, const models::GenerationConfig& g,
                           const std::string& question_file, int64_t num_chunks, int64_t chunk_idx);
 
-// Answers `items` (in order) into opts.answers_file, resuming it if present.
+// Answers `items` (in order) into opts.answers_file, resuming it if present. Holds the answers
+// file's lock for the whole run (taking it unless opts.lock_held).
 RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOptions& opts);
+
+// The lock every writer of an answers file holds for its whole run: "<answers>.lock" beside the
+// real file (symlinks resolved), common/files.h FileLock. The runners take it before loading
+// the model, so a second writer is refused at once, naming the holder.
+std::unique_ptr<FileLock> lock_answers_file(const std::string& answers_file);
 
 // The answers file's existing lines. Reading changes nothing; a tail without its newline is
 // counted as torn (a run killed mid-write), unless it is a whole answer object, which is kept.

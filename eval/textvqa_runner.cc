@@ -56,8 +56,10 @@ RunStats run_textvqa(const TextVqaOptions& o) {
   const auto [begin, end] = chunk_range(items.size(), o.num_chunks, o.chunk_idx);
   std::vector<EvalItem> chunk(std::make_move_iterator(items.begin() + begin),
                               std::make_move_iterator(items.begin() + end));
+  const auto lock = lock_answers_file(o.run.answers_file);  // before the (slow) model load
   EvalModel m = load_eval_model(o.model);
   RunOptions run = o.run;
+  run.lock_held = true;
   run.settings = base_settings("textvqa", o.model, m, run.generation, o.question_file, o.num_chunks,
                                o.chunk_idx);
   run.settings["image_folder"] = o.image_folder;

@@ -295,11 +295,15 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   // A finished run is recognised by its completion record (written last, whatever checkpoints
   // remain) and never retrained or overwritten without --overwrite_output_dir; nothing in the
   // folder has been touched yet.
-  if (!a.overwrite_output_dir) {
-    const std::string record = path_join(a.output_dir, "train_results.json");
-    if (path_exists(record))
-      throw UsageError(str_cat(a.output_dir, " holds a finished run (its completion record ", record,
-                               " exists); use another --output_dir, or --overwrite_output_dir to train afresh"));
+  const std::string completion_record = path_join(a.output_dir, "train_results.json");
+  if (!a.overwrite_output_dir && path_exists(completion_record))
+    throw UsageError(str_cat(a.output_dir, " holds a finished run (its completion record ", completion_record,
+                             " exists); use another --output_dir, or --overwrite_output_dir to train afresh"));
+  // Training afresh over a finished run: its record goes now, so that this run, if interrupted,
+  // resumes from its own checkpoints instead of being taken for the finished one.
+  if (a.overwrite_output_dir && main_rank && path_exists(completion_record)) {
+    remove_tree(completion_record);
+    fsync_dir(a.output_dir);
   }
   if (main_rank) remove_incomplete_checkpoints(a.output_dir);
   std::string resume_dir = a.resume_from_checkpoint;
@@ -807,8 +811,11 @@ int train_main(const std::vector<std::string>& argv) {
     // A rank of a job: tell the others before leaving, and leave without running destructors
     // that could wait on peers that are gone.
     const bool usage = dynamic_cast<const UsageError*>(&e) != nullptr;
-    std::string msg = e.what();  // as run_main prints it: c10 backtraces cut unless asked for
-    if (!usage && std::getenv("MGM_FULL_ERRORS") == nullptr) msg = msg.substr(0, msg.find('\n'));
+    // As run_main prints it: the project's own errors whole, others (c10 backtraces) cut to
+    // their first line unless asked for.
+    const bool ours = dynamic_cast<const Error*>(&e) != nullptr;
+    std::string msg = e.what();
+    if (!ours && std::getenv("MGM_FULL_ERRORS") == nullptr) msg = msg.substr(0, msg.find('\n'));
     const int code = usage ? 2 : 1;
     exit_after_failure(*comm, comm->report_failure(msg), code);
   }

@@ -58,7 +58,7 @@ struct Limits {
   bool past_deadline() const { return Clock::now() >= deadline; }
   // The message for a wait that ran out: the deadline's when it is what ended it.
   std::string timed_out(const std::string& doing) const {
-    return past_deadline() && deadline_s != timeout_s
+    return past_deadline()
                ? str_cat("no complete response within the request deadline of ", deadline_s, " s (", doing, ")")
                : str_cat("timed out after ", timeout_s, " s ", doing);
   }
@@ -303,7 +303,9 @@ HttpResponse http_post(const HttpUrl& url, const std::string& body,
   MGM_CHECK(opts.timeout_s > 0, "http: timeout must be positive");
   MGM_CHECK(opts.deadline_s >= 0, "http: deadline must not be negative");
   Limits lim{opts.timeout_s, opts.deadline_s > 0 ? opts.deadline_s : opts.timeout_s, {}};
-  lim.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(lim.deadline_s));
+  // Clamped to 30 years: an enormous or infinite value must not overflow the clock.
+  lim.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                    std::chrono::duration<double>(std::min(lim.deadline_s, 1e9)));
   Socket s;
   connect_to(s, url, lim);
   const bool v6 = url.host.find(':') != std::string::npos;

@@ -208,6 +208,17 @@ std::string vicuna_tokenizer_model() {
   return path;
 }
 
+// MGM's preprocess_multimodal on edge turns (Python: v.replace('<image>', '').strip(), prepend
+// '<image>\n', strip): one replace pass, the image alone keeps no newline.
+TEST(Conversation, ImageTokenPlacementAsPreprocessMultimodal) {
+  auto moved = [](const std::string& v) { return move_image_to_front({{"human", v}})[0].value; };
+  EXPECT_EQ(moved("<image>"), "<image>");
+  EXPECT_EQ(moved("  <image> \n"), "<image>");
+  EXPECT_EQ(moved("What is it? <image>"), "<image>\nWhat is it?");
+  EXPECT_EQ(moved("<ima<image>ge> q"), "<image>\n<image> q");
+  EXPECT_EQ(moved("no image here"), "no image here");
+}
+
 TEST(Conversation, VicunaV1PromptsOnAKnownSample) {
   EXPECT_EQ(parse_template("vicuna_v1"), Template::kVicunaV1);
   EXPECT_EQ(parse_template("v1"), Template::kVicunaV1);

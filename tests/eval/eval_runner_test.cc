@@ -354,6 +354,9 @@ TEST_F(EvalRunner, SecondWriterOfAnAnswersFileIsRefused) {
       EXPECT_EQ(read_file(a), before) << extra;
     }
     EXPECT_THROW(run_textvqa(textvqa(a)), UsageError);
+    // Nor can a merge read it while it is being written.
+    EXPECT_NE(test::error_of([&] { merge_answer_files({a}, d + "/merged.jsonl"); }).find("is in use by host"),
+              std::string::npos);
   }
   o.run.max_new_answers = -1;
   const RunStats st = run_textvqa(o);

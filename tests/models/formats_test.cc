@@ -593,9 +593,9 @@ print(best)
   }
   EXPECT_EQ(count, 100000u);
   std::printf("100,000-entry header: %.3f s here, %.3f s Python safe_open (%.1fx)\n", best, python_s, best / python_s);
-  // "A few times": the measured ratio is about 2-4; 10x leaves room for a loaded machine while a
-  // quadratic parser (minutes) fails by far.
-  EXPECT_LT(best, 10 * python_s + 0.2) << python_s;
+  // "A few times": the measured ratio is about 2-4; 10x + 0.5 s leaves room for a loaded
+  // machine while a quadratic parser (minutes) fails by far.
+  EXPECT_LT(best, 10 * python_s + 0.5) << python_s;
 }
 
 TEST(SafetensorsErrors, MalformedEntries) {
@@ -805,7 +805,9 @@ TEST(TorchZipErrors, RecordsThatShareBytes) {
   put32(into_cd, cl + 24, 40 + 8);
   EXPECT_THAT(pt_error(into_cd), AllOf(HasSubstr("record 'archive/.data/serialization_id'"),
                                        HasSubstr("overlaps the central directory")));
-  // Python's zipfile refuses the same three files.
+  // Python's zipfile refuses the same three files: `same` by its name check ("File name in
+  // directory ... and header ... differ"); the pinned Python 3.11.2 predates the "Overlapped
+  // entries" check (3.11.8 / 3.12), so it refuses the other two when their bytes fail the CRC.
   const std::string d = test::temp_dir("zip_overlap");
   write_file_atomic(d + "/same.zip", same);
   write_file_atomic(d + "/longer.zip", longer);

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "common/error.h"
 #include "common/files.h"
@@ -235,7 +236,27 @@ TEST_F(TrainE2E, FinishedRunIsNeverRetrained) {
   EXPECT_EQ(test::run_command(c, &out), 2) << out;
   EXPECT_NE(out.find("already holds the result of a finished run (model.safetensors)"), std::string::npos) << out;
   EXPECT_EQ(out.find("index.json"), std::string::npos) << out;
-  // --overwrite_output_dir trains afresh.
+  // --overwrite_output_dir trains afresh. Its completion record goes at the start, so an
+  // interrupted overwrite run is resumed by the plain command, not refused as finished.
+  EXPECT_EQ(test::run_command(c + " --overwrite_output_dir", &out), 0) << out;  // finished again
+  const pid_t again = test::spawn("env MGM_TEST_STALL_AFTER_STEP=2 " + c + " --overwrite_output_dir",
+                                  o + "_overwrite.log");
+  // The record goes before the first step; the run stalls after step 2 (its checkpoint
+  // committed) until killed.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stalled = [&] {
+    return path_exists(o + "_overwrite.log") &&
+           read_file(o + "_overwrite.log").find("stalled after step 2") != std::string::npos;
+  };
+  while (!stalled() &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(300))
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(stalled()) << read_file(o + "_overwrite.log");
+  ::kill(again, SIGKILL);
+  test::wait_exit(again, std::chrono::seconds(60));
+  EXPECT_FALSE(path_exists(o + "/train_results.json"));
+  EXPECT_EQ(test::run_command(c, &out), 0) << out;
+  EXPECT_NE(out.find("resuming from " + o + "/checkpoint-"), std::string::npos) << out;
   EXPECT_EQ(test::run_command(c + " --overwrite_output_dir", &out), 0) << out;
   EXPECT_NE(out.find("metrics.jsonl, loss.png, train_results.json\n"), std::string::npos) << out;
   // The closing line names only what was written: one step draws no loss.png.
