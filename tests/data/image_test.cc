@@ -139,6 +139,7 @@ while b[i + 1] not in (0xC0, 0xC1, 0xC2):
     i += 2 + (b[i + 2] << 8 | b[i + 3])
 b[i + 5:i + 9] = bytes([20000 >> 8, 20000 & 255, 20000 >> 8, 20000 & 255])
 open(d + '/bomb.jpg', 'wb').write(b)
+open(d + '/bomb_junk.jpg', 'wb').write(b[:i] + b'\x42\x17' + b[i:])  # stray bytes before the frame, as PIL skips
 for n in (12, 15):
     Image.new('RGB', (n, n), (0, 128, 255)).save(d + '/s%d.png' % n)
 def verdict(f, limit):
@@ -152,7 +153,8 @@ def verdict(f, limit):
         except Exception:
             return 'other'
         return 'warn' if any(issubclass(x.category, Image.DecompressionBombWarning) for x in w) else 'ok'
-for f, limit in (('bomb.png', 89478485), ('bomb.jpg', 89478485), ('s12.png', 100), ('s15.png', 100), ('s12.png', 200)):
+for f, limit in (('bomb.png', 89478485), ('bomb.jpg', 89478485), ('bomb_junk.jpg', 89478485), ('s12.png', 100),
+                 ('s15.png', 100), ('s12.png', 200)):
     print(f, limit, verdict(f, limit))
 )";
   write_file_atomic(d + "/make.py", py);
@@ -182,12 +184,13 @@ for f, limit in (('bomb.png', 89478485), ('bomb.jpg', 89478485), ('s12.png', 100
     EXPECT_EQ(ours(f[0], std::stoll(f[1])), f[2]) << line;
     ++checked;
   }
-  EXPECT_EQ(checked, 5u) << out;
+  EXPECT_EQ(checked, 6u) << out;
   set_max_image_pixels(kPilMaxImagePixels);
   EXPECT_EQ(2 * kPilMaxImagePixels, 178956970);  // PIL's DecompressionBombError threshold
   // The header sizes, without decoding.
   EXPECT_EQ(read_image_size_file(d + "/bomb.png"), std::make_pair(int64_t{30000}, int64_t{30000}));
   EXPECT_EQ(read_image_size_file(d + "/bomb.jpg"), std::make_pair(int64_t{20000}, int64_t{20000}));
+  EXPECT_EQ(read_image_size_file(d + "/bomb_junk.jpg"), std::make_pair(int64_t{20000}, int64_t{20000}));
   EXPECT_EQ(read_image_size_file(d + "/small.jpg"), std::make_pair(int64_t{16}, int64_t{16}));
   // 0 lifts the limit (PIL: MAX_IMAGE_PIXELS = None); negative is refused.
   set_max_image_pixels(0);
