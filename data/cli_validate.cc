@@ -26,8 +26,7 @@ int run_validate(const std::vector<std::string>& args) {
       .flag("decode_images", cli::Kind::kBool, "true", "decode every image (false: only check that it exists)")
       .flag("report", cli::Kind::kString, "", "also write every problem as JSON Lines to this file")
       .flag("max_listed", cli::Kind::kInt, "200", "problems printed on the terminal")
-      .flag("max_image_pixels", cli::Kind::kInt, "89478485",
-            "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)");
+      .flag("max_image_pixels", cli::Kind::kInt, std::to_string(kPilMaxImagePixels), kMaxImagePixelsHelp);
   if (!p.parse(args)) {
     std::fputs(p.help().c_str(), stdout);
     return 0;

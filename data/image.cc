@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <climits>
+#include <memory>
 #include <mutex>
 #include <set>
 
@@ -35,7 +36,9 @@ std::atomic<int64_t> g_max_image_pixels{kPilMaxImagePixels};
 }  // namespace
 
 void set_max_image_pixels(int64_t n) {
-  if (n < 0) throw UsageError(str_cat("--max_image_pixels must be >= 0 (0: no limit), got ", n));
+  // Bounded so that twice the limit fits in 64 bits; 0 lifts the limit.
+  if (n < 0 || n > INT64_MAX / 2)
+    throw UsageError(str_cat("--max_image_pixels must be in [0, ", INT64_MAX / 2, "] (0: no limit), got ", n));
   g_max_image_pixels = n;
 }
 int64_t max_image_pixels() { return g_max_image_pixels; }
@@ -46,10 +49,9 @@ void check_image_pixels(int64_t width, int64_t height, const std::string& what) 
   // PIL counts max(1, w) * max(1, h); in 128 bits, as header sizes reach 2^32 - 1 per side.
   const __int128 px128 = static_cast<__int128>(std::max<int64_t>(1, width)) * std::max<int64_t>(1, height);
   const int64_t pixels = px128 > INT64_MAX ? INT64_MAX : static_cast<int64_t>(px128);
-  if (px128 > 2 * static_cast<__int128>(limit))
+  if (px128 > 2 * limit)
     throw ImageTooLargeError(str_cat(
-        what, ": image of ", width, "x", height, " = ", pixels, " pixels exceeds the limit of ",
-        static_cast<double>(limit) * 2 > 9e18 ? std::string("2 x ") + std::to_string(limit) : std::to_string(2 * limit),
+        what, ": image of ", width, "x", height, " = ", pixels, " pixels exceeds the limit of ", 2 * limit,
         " (twice --max_image_pixels ", limit, "), a possible decompression bomb (PIL refuses it with "
         "DecompressionBombError); raise --max_image_pixels, or set 0, only for files you trust"));
   if (pixels > limit) {
@@ -205,15 +207,15 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
   check_header(data, size, what);
   int w = 0, h = 0, n = 0;
   const int len = static_cast<int>(size);
+  // stb's pixels, freed however this function is left.
+  struct StbFree {
+    void operator()(void* p) const { stbi_image_free(p); }
+  };
   if (stbi_is_16_bit_from_memory(data, len)) {
-    stbi_us* p = stbi_load_16_from_memory(data, len, &w, &h, &n, 0);
-    if (p == nullptr) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
-    try {
-      check_image_pixels(w, h, what);  // a header the check above could not read
-    } catch (...) {
-      stbi_image_free(p);
-      throw;
-    }
+    const std::unique_ptr<stbi_us, StbFree> pixels(stbi_load_16_from_memory(data, len, &w, &h, &n, 0));
+    if (!pixels) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
+    check_image_pixels(w, h, what);  // a header the check above could not read
+    const stbi_us* p = pixels.get();
     RgbImage out(w, h);
     for (size_t i = 0; i < static_cast<size_t>(w) * h; ++i) {
       const stbi_us* s = p + i * n;
@@ -224,20 +226,13 @@ RgbImage decode_image_bytes(const uint8_t* data, size_t size, const std::string&
         for (int c = 0; c < 3; ++c) out.pixels[i * 3 + c] = static_cast<uint8_t>(s[c] >> 8);
       }
     }
-    stbi_image_free(p);
     return out;
   }
-  stbi_uc* p = stbi_load_from_memory(data, len, &w, &h, &n, 3);
-  if (p == nullptr) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
-  try {
-    check_image_pixels(w, h, what);  // a header the check above could not read
-  } catch (...) {
-    stbi_image_free(p);
-    throw;
-  }
+  const std::unique_ptr<stbi_uc, StbFree> pixels(stbi_load_from_memory(data, len, &w, &h, &n, 3));
+  if (!pixels) throw Error(str_cat(what, ": cannot decode image: ", stbi_failure_reason()));
+  check_image_pixels(w, h, what);  // a header the check above could not read
   RgbImage out(w, h);
-  std::memcpy(out.pixels.data(), p, out.pixels.size());
-  stbi_image_free(p);
+  std::memcpy(out.pixels.data(), pixels.get(), out.pixels.size());
   return out;
 }
 #endif

@@ -34,6 +34,11 @@ struct RgbImage {
 // decoded with a warning (DecompressionBombWarning). Process-wide, as PIL's module attribute;
 // the commands set it from --max_image_pixels (0: no limit).
 constexpr int64_t kPilMaxImagePixels = 89478485;
+// The --max_image_pixels flag's help, one text for every command that has the flag (its default
+// is kPilMaxImagePixels).
+constexpr const char* kMaxImagePixelsHelp =
+    "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a "
+    "bad sample, one over it gets a warning (0: no limit)";
 void set_max_image_pixels(int64_t n);
 int64_t max_image_pixels();
 // The error for an image over the limit (a bad sample: named, counted, the policy applies).

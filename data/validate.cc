@@ -69,10 +69,11 @@ ValidationReport validate_dataset(const ValidateOptions& o) {
         continue;
       }
       try {
-        if (const auto wh = read_image_size_file(path)) check_image_pixels(wh->first, wh->second, path);
-        if (o.decode_images) {
+        if (o.decode_images) {  // decoding checks the header's size first
           RgbImage im = decode_image_file(path);
           if (im.width < 1 || im.height < 1) add("undecodable_image", where, str_cat(path, ": empty image"));
+        } else if (const auto wh = read_image_size_file(path)) {
+          check_image_pixels(wh->first, wh->second, path);
         }
       } catch (const ImageTooLargeError& e) {
         add("image_too_large", where, e.what());

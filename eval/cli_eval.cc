@@ -46,8 +46,7 @@ void common_flags(cli::ArgParser& p, const std::string& max_new_tokens) {
   p.flag("on_bad_sample", cli::Kind::kString, "error",
          "a malformed question or unreadable image: error (stop) or skip (report and go on)");
   p.flag("overwrite", cli::Kind::kBool, "false", "discard an existing answers file");
-  p.flag("max_image_pixels", cli::Kind::kInt, "89478485",
-         "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)");
+  p.flag("max_image_pixels", cli::Kind::kInt, std::to_string(data::kPilMaxImagePixels), data::kMaxImagePixelsHelp);
   p.flag("max_questions", cli::Kind::kInt, "-1",
          "stop after answering this many new questions (-1: all; for smoke tests)");
   p.flag("test_kill_after_batches", cli::Kind::kInt, "-1",

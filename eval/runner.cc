@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <filesystem>
 #include <set>
 
 #include "common/error.h"
@@ -351,10 +350,9 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
     throw UsageError(str_cat("--batch_size must be >= 1, got ", opts.batch_size));
   const std::string& path = opts.answers_file;
   const std::string sidecar = path + ".settings.json";
-  const std::string parent = parent_dir(path);
-  if (!parent.empty()) make_dirs(parent);
   // One writer per answers file for the whole run: a second process on it is refused, naming
-  // the holder, before it reads or changes anything.
+  // the holder, before it reads or changes anything (the runners take it before loading the
+  // model; lock_answers_file also makes the folder).
   const auto lock = opts.lock_held ? nullptr : lock_answers_file(path);
   if (opts.overwrite) {
     std::remove(path.c_str());
@@ -541,7 +539,7 @@ MergeStats merge_answer_files(const std::vector<std::string>& inputs, const std:
   int64_t num_chunks = 0;
   for (const auto& in : inputs) {
     MGM_CHECK(path_exists(in), in, ": no such answers file");
-    const std::string canon = std::filesystem::weakly_canonical(in).string();
+    const std::string canon = resolved_path(in);
     if (auto [f, inserted] = files.emplace(canon, in); !inserted)
       throw UsageError(str_cat("mgm eval merge: ", in, " is given twice (also as ", f->second, ")"));
     const std::string sidecar = in + ".settings.json";

@@ -18,6 +18,9 @@ struct CheckpointInfo {
 };
 
 constexpr const char* kTrainerStateFile = "trainer_state.json";
+// The file a run writes last: its presence marks a finished run (never retrained without
+// --overwrite_output_dir).
+constexpr const char* kCompletionRecord = "train_results.json";
 // The lock file rank 0 holds in --output_dir for the whole run (common/files.h FileLock).
 constexpr const char* kOutputLockFile = ".train_mgm.lock";
 

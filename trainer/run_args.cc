@@ -8,6 +8,7 @@
 #include "common/files.h"
 #include "common/log.h"
 #include "common/strings.h"
+#include "data/image.h"
 
 namespace mgm::trainer {
 
@@ -64,8 +65,7 @@ cli::ArgParser make_parser() {
             "error: stop at a sample that cannot be used; skip: leave it out, count it and list "
             "it in OUTPUT_DIR/skipped_samples.jsonl")
       .flag("max_bad_samples", Kind::kInt, "100", "with skip: stop when more are skipped")
-      .flag("max_image_pixels", Kind::kInt, "89478485",
-            "decompression-bomb limit as PIL's Image.MAX_IMAGE_PIXELS: an image over twice this many pixels is a bad sample, one over it gets a warning (0: no limit)")
+      .flag("max_image_pixels", Kind::kInt, std::to_string(data::kPilMaxImagePixels), data::kMaxImagePixelsHelp)
       // training
       .flag("output_dir", Kind::kString, "", "where checkpoints and results go", true)
       .flag("overwrite_output_dir", Kind::kBool, "false",
@@ -333,7 +333,6 @@ bool parse_train_args(const std::vector<std::string>& args, TrainArgs* out, std:
                      "and --warmup_ratio in [0, 1]");
   if (a.dataloader_num_workers < 0) throw UsageError("--dataloader_num_workers must be >= 0");
   if (a.max_bad_samples < 0) throw UsageError("--max_bad_samples must be >= 0");
-  if (a.max_image_pixels < 0) throw UsageError("--max_image_pixels must be >= 0 (0: no limit)");
   if (a.on_bad_sample != "error" && a.on_bad_sample != "skip")
     throw UsageError(str_cat("--on_bad_sample: expected error or skip, got '", a.on_bad_sample, "'"));
   if (a.image_aspect_ratio != "square" && a.image_aspect_ratio != "pad")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/json.h"
+#include "data/image.h"
 #include "trainer/launcher.h"
 
 namespace mgm::trainer {
@@ -38,7 +39,7 @@ struct TrainArgs {
   int64_t dataloader_num_workers = 4;
   std::string on_bad_sample = "error";  // error | skip
   int64_t max_bad_samples = 100;        // with skip: stop once more samples were skipped
-  int64_t max_image_pixels = 89478485;  // PIL's Image.MAX_IMAGE_PIXELS (data/image.h)
+  int64_t max_image_pixels = data::kPilMaxImagePixels;  // PIL's Image.MAX_IMAGE_PIXELS
 
   // Optimisation (HF TrainingArguments defaults).
   std::string output_dir;

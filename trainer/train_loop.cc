@@ -295,7 +295,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
   // A finished run is recognised by its completion record (written last, whatever checkpoints
   // remain) and never retrained or overwritten without --overwrite_output_dir; nothing in the
   // folder has been touched yet.
-  const std::string completion_record = path_join(a.output_dir, "train_results.json");
+  const std::string completion_record = path_join(a.output_dir, kCompletionRecord);
   if (!a.overwrite_output_dir && path_exists(completion_record))
     throw UsageError(str_cat(a.output_dir, " holds a finished run (its completion record ", completion_record,
                              " exists); use another --output_dir, or --overwrite_output_dir to train afresh"));
@@ -751,7 +751,7 @@ TrainResult run_training(const TrainArgs& args_in, Communicator* comm_in) {
                      {"peak_memory_bytes", result.peak_memory_bytes},
                      {"skipped_samples", skipped_total},
                      {"fp16_skipped_steps", scaler.skipped_steps()}};
-  write_json_file(path_join(a.output_dir, "train_results.json"), summary);
+  write_json_file(path_join(a.output_dir, kCompletionRecord), summary);
   if (metrics->losses().size() >= 2) {
     std::vector<double> xs, ys;
     for (const auto& [x, y] : metrics->losses()) {
@@ -835,7 +835,7 @@ int train_main(const std::vector<std::string>& argv) {
               r.skipped_samples > 0 ? str_cat("; ", r.skipped_samples, " samples skipped").c_str() : "");
   // What is there (loss.png needs two logged losses; a very short run has none).
   std::vector<std::string> extra;
-  for (const char* f : {"metrics.jsonl", "loss.png", "train_results.json"})
+  for (const char* f : {"metrics.jsonl", "loss.png", kCompletionRecord})
     if (path_exists(path_join(a.output_dir, f))) extra.push_back(f);
   std::printf("outputs in %s: %s, %s\n", a.output_dir.c_str(),
               a.stage == Stage::kPretrain ? "mm_projector.bin + config.json"

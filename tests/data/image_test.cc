@@ -196,7 +196,9 @@ for f, limit in (('bomb.png', 89478485), ('bomb.jpg', 89478485), ('bomb_junk.jpg
   set_max_image_pixels(0);
   EXPECT_NO_THROW(check_image_pixels(30000, 30000, "x"));
   EXPECT_THROW(set_max_image_pixels(-1), UsageError);
+  EXPECT_THROW(set_max_image_pixels(INT64_MAX), UsageError);  // twice it would not fit
   set_max_image_pixels(kPilMaxImagePixels);
+  EXPECT_THROW(check_image_pixels(INT64_MAX, INT64_MAX, "x"), ImageTooLargeError);  // no overflow: refused
 }
 
 // The resize paths (plain, padded without a canvas, and the whole uint8 pipeline) against PIL on
