@@ -1,5 +1,7 @@
 #include "models/gemma.h"
 
+#include <ATen/TensorIndexing.h>
+
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Reduction.h>
 #include <ATen/ops/arange.h>
@@ -294,7 +296,31 @@ at::Tensor GemmaAttentionImpl::forward(const at::Tensor& x, const GemmaAttention
   q = q * cos + rotate_half(q) * sin;
   k = k * cos + rotate_half(k) * sin;
 
-  if (past_k != nullptr && past_v != nullptr) {
+  if (in.slot_rows != nullptr) {
+    // Continuous batching: write the new keys/values into each row's slot, then attend to the
+    // rows' slots up to the longest (the mask hides what lies past a row's own length).
+    MGM_CHECK(past_k != nullptr && past_v != nullptr, "Gemma attention: slot rows without a cache");
+    const auto& r = *in.slot_rows;
+    if (L == 1 && B > 1) {
+      const at::Tensor starts =
+          at::tensor(r.starts, at::kLong).to(in.slot_index.device());
+      past_k->index_put_({in.slot_index, at::indexing::Slice(), starts}, k.select(2, 0));
+      past_v->index_put_({in.slot_index, at::indexing::Slice(), starts}, v.select(2, 0));
+    } else {
+      for (int64_t b = 0; b < B; ++b) {
+        past_k->select(0, r.slots[b]).narrow(1, r.starts[b], L).copy_(k[b]);
+        past_v->select(0, r.slots[b]).narrow(1, r.starts[b], L).copy_(v[b]);
+      }
+    }
+    const int64_t T = in.slot_keys;
+    if (in.slot_first >= 0) {
+      k = past_k->narrow(0, in.slot_first, B).narrow(2, 0, T);
+      v = past_v->narrow(0, in.slot_first, B).narrow(2, 0, T);
+    } else {
+      k = past_k->narrow(2, 0, T).index_select(0, in.slot_index);
+      v = past_v->narrow(2, 0, T).index_select(0, in.slot_index);
+    }
+  } else if (past_k != nullptr && past_v != nullptr) {
     if (past_k->defined()) {
       k = at::cat({*past_k, k}, 2);
       v = at::cat({*past_v, v}, 2);
@@ -408,6 +434,7 @@ at::Tensor GemmaModelImpl::forward(const at::Tensor& inputs_embeds, const GemmaF
   MGM_CHECK(inputs_embeds.dim() == 3 && inputs_embeds.size(2) == config.hidden_size,
             "Gemma forward: inputs_embeds must be [batch, length, ", config.hidden_size,
             "], found ", inputs_embeds.sizes());
+  if (o.slot_rows != nullptr) return forward_slots(inputs_embeds, *o.slot_rows, o);
   GemmaKVCache* cache = o.cache;
   if (cache) {
     cache->keys.resize(layers.size());
@@ -431,6 +458,66 @@ at::Tensor GemmaModelImpl::forward(const at::Tensor& inputs_embeds, const GemmaF
       h = layer->forward(h, in);
     }
   }
+  return norm->forward(h);
+}
+
+void GemmaSlotCache::allocate(int64_t num_layers, int64_t slots, int64_t capacity,
+                              int64_t kv_heads, int64_t head_dim, const at::TensorOptions& options) {
+  MGM_CHECK(num_layers > 0 && slots > 0 && capacity > 0, "GemmaSlotCache: ", num_layers,
+            " layers x ", slots, " slots x ", capacity, " positions");
+  keys.clear();
+  values.clear();
+  for (int64_t i = 0; i < num_layers; ++i) {
+    keys.push_back(at::zeros({slots, kv_heads, capacity, head_dim}, options));
+    values.push_back(at::zeros({slots, kv_heads, capacity, head_dim}, options));
+  }
+}
+
+at::Tensor GemmaModelImpl::forward_slots(const at::Tensor& inputs_embeds, const GemmaSlotRows& r,
+                                         const GemmaForwardOptions& o) {
+  MGM_CHECK(o.cache == nullptr && !o.position_ids.defined() && !o.attention_mask.defined(),
+            "Gemma forward: slot rows take no cache, position_ids or attention_mask");
+  MGM_CHECK(r.cache != nullptr && static_cast<int64_t>(r.cache->keys.size()) ==
+                                      static_cast<int64_t>(layers.size()),
+            "Gemma forward: the slot cache is not allocated for ", layers.size(), " layers");
+  const int64_t B = inputs_embeds.size(0), L = inputs_embeds.size(1);
+  MGM_CHECK(static_cast<int64_t>(r.slots.size()) == B && static_cast<int64_t>(r.starts.size()) == B,
+            "Gemma forward: ", r.slots.size(), " slots and ", r.starts.size(), " starts for ", B,
+            " rows");
+  const auto dev = inputs_embeds.device();
+  GemmaAttentionInputs in;
+  in.slot_rows = &r;
+  int64_t T = 0;
+  bool consecutive = true;
+  std::vector<int64_t> pos(B * L);
+  for (int64_t b = 0; b < B; ++b) {
+    MGM_CHECK(r.slots[b] >= 0 && r.slots[b] < r.cache->slots(), "Gemma forward: slot ", r.slots[b],
+              " of ", r.cache->slots());
+    MGM_CHECK(r.starts[b] >= 0 && r.starts[b] + L <= r.cache->capacity(), "Gemma forward: ",
+              r.starts[b], " + ", L, " positions exceed the slot capacity ", r.cache->capacity());
+    T = std::max(T, r.starts[b] + L);
+    if (b > 0 && r.slots[b] != r.slots[b - 1] + 1) consecutive = false;
+    for (int64_t t = 0; t < L; ++t) pos[b * L + t] = r.starts[b] + t;
+  }
+  const auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  in.slot_index = at::tensor(r.slots, at::kLong).to(dev);
+  in.slot_keys = T;
+  in.slot_first = consecutive ? r.slots[0] : -1;
+  const at::Tensor positions = at::tensor(pos, at::kLong).view({B, L}).to(dev);
+  std::tie(in.cos, in.sin) = gemma_rope(positions, config.head_dim, config.rope_theta, at::kFloat);
+  if (B == 1 && r.starts[0] == 0) {
+    in.is_causal = true;  // a whole prompt from the start: exactly the cache-less forward
+  } else if (B == 1 && L == 1) {
+    in.is_causal = false;  // one new token attends to everything before it
+  } else {
+    // Key j is visible to query t of row b when j <= starts[b] + t (its own past and itself).
+    const at::Tensor kpos = at::arange(0, T, lopt).view({1, 1, 1, T});
+    in.mask = (kpos <= positions.view({B, 1, L, 1}));
+    in.is_causal = false;
+  }
+  at::Tensor h = inputs_embeds * std::pow(static_cast<double>(config.hidden_size), 0.5);
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = layers[i]->forward(h, in, &r.cache->keys[i], &r.cache->values[i]);
   return norm->forward(h);
 }
 

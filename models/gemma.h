@@ -73,6 +73,26 @@ struct GemmaKVCache {
   }
 };
 
+// A fixed-size KV cache for continuous batching: `slots` sequences x `capacity` positions per
+// layer, allocated once (memory is fixed by the two numbers). A sequence owns one slot for its
+// lifetime; its keys (after RoPE) and values live at [slot, :, 0:length, :].
+struct GemmaSlotCache {
+  std::vector<at::Tensor> keys, values;  // per layer [slots, num_key_value_heads, capacity, D]
+  void allocate(int64_t num_layers, int64_t slots, int64_t capacity, int64_t kv_heads,
+                int64_t head_dim, const at::TensorOptions& options);
+  int64_t slots() const { return keys.empty() ? 0 : keys[0].size(0); }
+  int64_t capacity() const { return keys.empty() ? 0 : keys[0].size(2); }
+};
+
+// The rows of one forward over a slot cache: row b holds L new tokens of the sequence in slot
+// slots[b], at positions starts[b] .. starts[b] + L - 1 (starts[b] = what the slot holds now).
+// Each row attends to its own slot only, so a row's result does not depend on the others'
+// lengths beyond the shape of the batch.
+struct GemmaSlotRows {
+  GemmaSlotCache* cache = nullptr;
+  std::vector<int64_t> slots, starts;
+};
+
 // How padding in `attention_mask` is applied.
 enum class PaddingMode {
   // Training batches: right padding only, so causal attention alone gives every real position
@@ -89,6 +109,9 @@ struct GemmaForwardOptions {
   at::Tensor position_ids;    // [B, L] or [1, L]; default arange(past, past + L)
   PaddingMode padding = PaddingMode::kRightPaddedCausal;
   GemmaKVCache* cache = nullptr;  // appended to when given
+  // Instead of `cache`: the rows continue sequences held in a slot cache (positions and mask
+  // follow from the rows' starts; position_ids and attention_mask must be unset).
+  const GemmaSlotRows* slot_rows = nullptr;
 };
 
 // Gemma's RMSNorm: weight stored as an offset (init zeros), applied as (1 + w).
@@ -122,6 +145,11 @@ struct GemmaAttentionInputs {
   at::Tensor cos, sin;  // [B or 1, L, head_dim], fp32
   at::Tensor mask;      // bool [B,1,Lq,Lk] (true = attend) or undefined
   bool is_causal = true;
+  // Slot-cache forward: the slot index of each row (on the device), the rows' starts, the key
+  // length T (longest start + L) and, when the slots are consecutive, the first one (else -1).
+  const GemmaSlotRows* slot_rows = nullptr;
+  at::Tensor slot_index;
+  int64_t slot_keys = 0, slot_first = -1;
 };
 
 class GemmaAttentionImpl : public torch::nn::Module {
@@ -168,6 +196,10 @@ class GemmaModelImpl : public torch::nn::Module {
   std::vector<GemmaDecoderLayer> layers;
   GemmaRMSNorm norm{nullptr};
   bool gradient_checkpointing = false;  // recompute each decoder layer in backward
+
+ private:
+  at::Tensor forward_slots(const at::Tensor& inputs_embeds, const GemmaSlotRows& rows,
+                           const GemmaForwardOptions& opts);
 };
 TORCH_MODULE(GemmaModel);
 
