@@ -96,6 +96,20 @@ std::string render_generation_prompt(Template t, const std::string& question) {
   return kStartOfTurn + "user\n" + question + kEndOfTurn + "\n" + kStartOfTurn + "model\n";
 }
 
+std::string render_chat_prompt(Template t, const std::vector<Turn>& history,
+                               const std::string& question) {
+  if (t == Template::kPlain || history.empty()) return render_generation_prompt(t, question);
+  MGM_CHECK(history.size() % 2 == 0, "a chat history must end with an answered turn, got ",
+            history.size(), " turns");
+  if (t == Template::kVicunaV1) {
+    std::vector<Turn> turns = history;
+    turns.push_back({"human", question});
+    turns.push_back({"gpt", ""});  // get_prompt renders an empty message as the open turn
+    return render_prompt(t, turns);
+  }
+  return render_prompt(t, history) + render_generation_prompt(t, question);
+}
+
 TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vector<Turn> turns,
                                       bool has_image, int64_t model_max_length) {
   TokenizedSample s;

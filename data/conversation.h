@@ -35,6 +35,12 @@ struct TokenizedSample {
 std::string render_prompt(Template t, const std::vector<Turn>& turns);
 // A generation prompt: the question turns rendered, ending with the model's turn opener.
 std::string render_generation_prompt(Template t, const std::string& question);
+// A multi-turn generation prompt (a chat): the answered turns of `history` (human/gpt
+// alternating, human first) rendered as the template's get_prompt renders them, then `question`
+// and the model's turn opener. With no history it equals render_generation_prompt. The plain
+// template has no turns: the question alone.
+std::string render_chat_prompt(Template t, const std::vector<Turn>& history,
+                               const std::string& question);
 
 // Throws mgm::Error when the conversation does not alternate human/gpt (after dropping a
 // leading non-human turn, as the reference does).

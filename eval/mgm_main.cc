@@ -10,6 +10,7 @@
 #include "eval/cli_score.h"
 #include "models/cli_weights.h"
 #include "models/mgm.h"
+#include "serve/cli_serve.h"
 
 namespace {
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
     append(commands, mgm::data::validate_commands());
     append(commands, mgm::eval::inspect_commands());
     append(commands, mgm::models::logits_commands());
+    append(commands, mgm::serve::serve_commands());
     return mgm::cli::dispatch("mgm", commands, argc, argv);
   });
 }

@@ -316,3 +316,20 @@ TEST(Conversation, VicunaV1MatchesPythonReferenceOnGeneratedConversations) {
 
 }  // namespace
 }  // namespace mgm::data
+
+// A chat (mgm serve): history rendered as get_prompt renders answered turns, then the question
+// and the model's turn opener; no history gives the evaluation prompt exactly.
+TEST(Conversation, ChatPromptsExtendTheGenerationPrompt) {
+  for (Template t : {Template::kGemma, Template::kVicunaV1, Template::kPlain})
+    EXPECT_EQ(render_chat_prompt(t, {}, "<image>\nWhat is it?"),
+              render_generation_prompt(t, "<image>\nWhat is it?"));
+  const std::vector<Turn> history = {{"human", "<image>\nWhat is it?"}, {"gpt", "red"}};
+  EXPECT_EQ(render_chat_prompt(Template::kGemma, history, "And?"),
+            "<start_of_turn>user\n<image>\nWhat is it?<end_of_turn>\n<start_of_turn>model\nred"
+            "<end_of_turn>\n<eos><start_of_turn>user\nAnd?<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(render_chat_prompt(Template::kVicunaV1, history, "And?"),
+            std::string(kVicunaSystem) +
+                " USER: <image>\nWhat is it? ASSISTANT: red</s>USER: And? ASSISTANT:");
+  EXPECT_EQ(render_chat_prompt(Template::kPlain, history, "And?"), "And?");
+  EXPECT_THROW(render_chat_prompt(Template::kGemma, {{"human", "q"}}, "And?"), Error);
+}
