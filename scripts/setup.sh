@@ -22,7 +22,7 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 apt_packages=(
   build-essential cmake ninja-build pkg-config git ccache
   libopencv-dev libsentencepiece-dev nlohmann-json3-dev libgtest-dev libstb-dev
-  libgloo-dev
+  libgloo-dev libcpp-httplib-dev
   python3-venv
   clang
 )

@@ -8,6 +8,6 @@ mkdir -p "$here/debs"
 cd "$here/debs"
 apt-get download -qq \
   libsentencepiece-dev libsentencepiece0 nlohmann-json3-dev libgtest-dev googletest libstb-dev libstb0 \
-  libgloo-dev \
+  libgloo-dev libcpp-httplib-dev libcpp-httplib0.11 libbrotli1 \
   ninja-build pkg-config pkgconf pkgconf-bin libpkgconf3 2>&1 | grep -v "^W:" || true
 ls -1 "$here/debs"
