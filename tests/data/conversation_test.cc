@@ -314,9 +314,6 @@ TEST(Conversation, VicunaV1MatchesPythonReferenceOnGeneratedConversations) {
   EXPECT_EQ(multi_round_fine, 0);  // see above: the reference masks these with this tokenizer
 }
 
-}  // namespace
-}  // namespace mgm::data
-
 // A chat (mgm serve): history rendered as get_prompt renders answered turns, then the question
 // and the model's turn opener; no history gives the evaluation prompt exactly.
 TEST(Conversation, ChatPromptsExtendTheGenerationPrompt) {
@@ -333,3 +330,7 @@ TEST(Conversation, ChatPromptsExtendTheGenerationPrompt) {
   EXPECT_EQ(render_chat_prompt(Template::kPlain, history, "And?"), "And?");
   EXPECT_THROW(render_chat_prompt(Template::kGemma, {{"human", "q"}}, "And?"), Error);
 }
+
+}  // namespace
+}  // namespace mgm::data
+
