@@ -1,6 +1,6 @@
 """Checks a running `mgm serve` through the clients its users have: the openai SDK and raw HTTP.
 
-Usage: serve_openai_check.py PORT API_KEY FIXTURE_DIR EVAL_ANSWERS SERVER_PID
+Usage: serve_openai_check.py PORT API_KEY FIXTURE_DIR EVAL_ANSWERS SERVER_PID MGM_BIN
 
 FIXTURE_DIR holds questions.jsonl and images/ (tests/tiny_mgm.cc); EVAL_ANSWERS is `mgm eval
 textvqa`'s answer file for those questions (greedy, max_new_tokens 6). The server was started with
@@ -9,7 +9,7 @@ textvqa`'s answer file for those questions (greedy, max_new_tokens 6). The serve
 clients get the sequential answers; streaming (deltas add up, usage chunk); stop strings; text
 completions; local files, traversal and symlink escapes; authentication; every malformed request
 gets its 4xx in OpenAI's error shape while good requests run beside them; a client that
-disconnects cancels its request; and, last, SIGTERM drains: the running stream finishes, new
+disconnects cancels its request; `mgm chat --url` in a pseudo-terminal (chat_pty.py); and, last, SIGTERM drains: the running stream finishes, new
 requests are refused, and the server exits (the caller checks exit code 0).
 Exits 0 when everything holds, 1 with the failures listed.
 """
@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 
 PORT, KEY, FIX, EVAL, PID = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+MGM_BIN = sys.argv[6]
 BASE = f"http://127.0.0.1:{PORT}"
 failures = []
 
@@ -261,6 +262,17 @@ check(metric('mgm:num_requests_running{model_name="MGM-tiny"}') == 0, "nothing r
 # Still healthy and right after everything above.
 again, _ = ask(c, questions[3])
 check(again == sequential[3], "the server still answers correctly")
+
+# --- mgm chat --url in a terminal -------------------------------------------------------------
+import subprocess
+img0 = os.path.join(FIX, "images", questions[0]["image"])
+short = c.chat.completions.create(model="MGM-tiny", temperature=0, max_tokens=8, messages=[{"role": "user", "content": [
+    {"type": "image_url", "image_url": {"url": data_url(img0)}},
+    {"type": "text", "text": "What is written on the sign?"}]}]).choices[0].message.content
+pty_run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "chat_pty.py"), MGM_BIN, img0,
+                          "What is written on the sign?", short, "--", "--url", BASE, "--api-key", KEY,
+                          "--max-tokens", "3500"], capture_output=True, text=True, timeout=300)
+check(pty_run.returncode == 0, "mgm chat --url in a pty: " + pty_run.stdout[-3000:] + pty_run.stderr[-1000:])
 
 # --- SIGTERM drains -----------------------------------------------------------------------------
 drain = {}

@@ -56,7 +56,7 @@ TEST(ServeE2E, OpenAiSdkAndHostileClientsAgainstARealServer) {
   ASSERT_GT(port, 0) << (path_exists(log) ? read_file(log) : "no log");
   const int rc = test::run_python(
       str_cat(test::source_dir(), "/tests/python/serve_openai_check.py ", port, " test-key-123 ",
-              root, " ", root, "/eval.jsonl ", pid),
+              root, " ", root, "/eval.jsonl ", pid, " ", MGM_BIN),
       &out);
   EXPECT_EQ(rc, 0) << out << "\nserver log:\n" << read_file(log);
   // The script sent SIGTERM last: the server drains and exits 0.
