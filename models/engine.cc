@@ -365,7 +365,8 @@ bool Engine::accept_token(Seq& s, int64_t token) {
   const auto now = Clock::now();
   const auto& sp = s.req.sampling;
   const bool stop_token =
-      std::find(stop_token_ids_.begin(), stop_token_ids_.end(), token) != stop_token_ids_.end() ||
+      (!sp.ignore_eos &&
+       std::find(stop_token_ids_.begin(), stop_token_ids_.end(), token) != stop_token_ids_.end()) ||
       std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), token) !=
           sp.stop_token_ids.end();
   {

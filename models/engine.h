@@ -43,6 +43,7 @@ struct SamplingParams {
   uint64_t seed = 0;
   std::vector<std::string> stop;         // stop strings (not part of the output)
   std::vector<int64_t> stop_token_ids;   // besides the engine's (eos)
+  bool ignore_eos = false;  // the engine's stop tokens do not end it (vLLM's, for benchmarks)
 };
 
 struct EngineRequest {

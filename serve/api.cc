@@ -120,6 +120,7 @@ void parse_common(const Json& j, ApiRequest& r) {
     }
     sp.stop.erase(std::remove(sp.stop.begin(), sp.stop.end(), std::string()), sp.stop.end());
   }
+  sp.ignore_eos = bool_field(j, "ignore_eos", false);  // vLLM's extension, for benchmarks
   if (bool_field(j, "logprobs", false) || present(j, "top_logprobs"))
     throw bad("logprobs", "logprobs are not supported by this server");
   for (const char* key : {"presence_penalty", "frequency_penalty"})

@@ -206,6 +206,25 @@ TEST_F(EngineTest, StopStringsEndTheTextBeforeThem) {
   EXPECT_EQ(ct.final.token_ids, std::vector<int64_t>(full.begin(), first));
 }
 
+TEST_F(EngineTest, IgnoreEosRunsToMaxTokens) {
+  EngineOptions o;
+  o.max_model_len = 96;
+  const auto ps = prompts();
+  const auto free_run = reference(request(ps[1], 1, 10), -1);
+  ASSERT_EQ(free_run.size(), 10u);
+  // The engine's stop token is the 3rd token of the free run: it ends the request unless
+  // ignore_eos is set.
+  Engine engine(tiny_model(), o, fake_decode, {free_run[2]});
+  const auto stopped = collect(*engine.submit(request(ps[1], 1, 10))).final;
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  EXPECT_LT(stopped.token_ids.size(), 10u);
+  EngineRequest r = request(ps[1], 1, 10);
+  r.sampling.ignore_eos = true;
+  const auto all = collect(*engine.submit(r)).final;
+  EXPECT_EQ(all.finish_reason, "length");
+  EXPECT_EQ(all.token_ids, free_run);
+}
+
 TEST_F(EngineTest, CancelFreesTheSlotAndFullQueueIsRefused) {
   EngineOptions o;
   o.max_num_seqs = 1;
