@@ -28,7 +28,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -f "$model/config.json" ]] || { echo "no model at $model (run scripts/demo.sh, or pass --model DIR)" >&2; exit 1; }
-mgm="${MGM_BUILD_DIR:-$root/build}/eval/mgm"
+bd="${MGM_BUILD_DIR:-build}"
+[[ "$bd" == /* ]] || bd="$root/$bd"
+mgm="$bd/eval/mgm"
 [[ -x "$mgm" ]] || { echo "build first: scripts/build.sh" >&2; exit 1; }
 py="$MGM_VENV/bin/python"
 mkdir -p "$out"

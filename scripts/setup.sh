@@ -9,6 +9,9 @@
 #   MGM_VENV        venv location (default: $HOME/.cache/mgm/venv, outside the clone so CI reuses it)
 #   MGM_SKIP_APT=1  do not touch Debian packages (e.g. no root)
 #   MGM_PYTHON      interpreter used to create the venv (default: /usr/bin/python3 if present)
+#   MGM_SERVE_TESTS=1  also install chromium, chromium-driver and nginx-light, for the serving
+#                   tests that open the chat page in a browser and run replicas behind nginx (CI
+#                   sets it; without them those two tests are skipped)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,6 +34,7 @@ install_apt() {
   [[ "${MGM_SKIP_APT:-0}" == 1 ]] && return 0
   command -v dpkg-query >/dev/null || { log "no dpkg: skipping Debian packages"; return 0; }
   local missing=() wanted=("${apt_packages[@]}")
+  [[ "${MGM_SERVE_TESTS:-0}" == 1 ]] && wanted+=(chromium chromium-driver nginx-light)
   # libFuzzer's runtime comes with the compiler-rt package of the installed clang's version.
   if command -v clang >/dev/null; then
     local major

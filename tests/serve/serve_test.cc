@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <thread>
 
 #include "common/files.h"
@@ -64,6 +65,46 @@ TEST(ServeE2E, OpenAiSdkAndHostileClientsAgainstARealServer) {
   const std::string text = read_file(log);
   EXPECT_NE(text.find("SIGTERM: draining"), std::string::npos) << text;
   EXPECT_NE(text.find("mgm serve: stopped"), std::string::npos) << text;
+}
+
+// The chat page in a real browser: Debian's chromium and chromium-driver (scripts/setup.sh
+// installs them with MGM_SERVE_TESTS=1, as CI does); skipped where they are missing.
+TEST(ServeE2E, ChatPageInHeadlessChromium) {
+  if (!path_exists("/usr/bin/chromium") || !path_exists("/usr/bin/chromedriver"))
+    GTEST_SKIP() << "chromium and chromium-driver are not installed (MGM_SERVE_TESTS=1 "
+                    "scripts/setup.sh installs them)";
+  const std::string root = test::make_tiny_mgm_fixture("serve_page");
+  const std::string log = root + "/serve.log";
+  const pid_t pid = test::spawn(str_cat(MGM_BIN, " serve --model-path ", root,
+                                        "/MGM-tiny --port 0 --api-key page-key --max-num-seqs 2"),
+                                log);
+  const int port = wait_for_port(log, pid, 180s);
+  ASSERT_GT(port, 0) << (path_exists(log) ? read_file(log) : "no log");
+  std::string out;
+  const int rc = test::run_python(
+      str_cat(test::source_dir(), "/tests/python/chat_page_check.py http://127.0.0.1:", port,
+              " page-key ", root, "/images/img2.ppm 'How many squares?' ", root, "/page.png"),
+      &out);
+  ::kill(pid, SIGTERM);
+  EXPECT_EQ(test::wait_exit(pid, 120s), 0) << read_file(log);
+  EXPECT_EQ(rc, 0) << out << "\nserver log:\n" << read_file(log);
+  EXPECT_TRUE(path_exists(root + "/page.png"));
+}
+
+// The README's multi-replica setup: two replicas behind nginx, driven with the openai SDK
+// (scripts/serve_replicas_nginx.sh); skipped where nginx is missing (MGM_SERVE_TESTS=1).
+TEST(ServeE2E, TwoReplicasBehindNginx) {
+  if (!path_exists("/usr/sbin/nginx"))
+    GTEST_SKIP() << "nginx is not installed (MGM_SERVE_TESTS=1 scripts/setup.sh installs it)";
+  const std::string root = test::make_tiny_mgm_fixture("serve_nginx");
+  std::string out;
+  const int rc = test::run_command(
+      str_cat("MGM_BUILD_DIR=", MGM_BUILD_DIR, " ", test::source_dir(),
+              "/scripts/serve_replicas_nginx.sh --model ", root, "/MGM-tiny --workdir ", root,
+              "/lb"),
+      &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("16 equal to the direct answers"), std::string::npos) << out;
 }
 
 TEST(ServeApi, ConstantTimeCompareAndErrorShape) {
