@@ -19,6 +19,7 @@
 #include "data/collator.h"
 #include "eval/scoring/mmbench.h"
 #include "eval/scoring/py_text.h"
+#include "models/engine.h"
 #include "models/io/tensor_file.h"
 #include "models/lora.h"
 
@@ -427,6 +428,20 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
   models::GenerationConfig gen = opts.generation;
   if (gen.stop_token_ids.empty()) gen.stop_token_ids = {m.tokenizer.eos_id()};
 
+  std::unique_ptr<models::Engine> engine;
+  if (gen.max_new_tokens > 0) {
+    models::EngineOptions eo;
+    eo.max_num_seqs = opts.batch_size;
+    eo.max_num_batched_tokens = std::max<int64_t>(opts.batch_size, 4096);
+    eo.max_queue_len = opts.batch_size;
+    eo.max_model_len = cfg.tokenizer_model_max_length + gen.max_new_tokens;
+    eo.truncate_prompts = true;  // as the reference's prepare_inputs
+    const auto& tok = m.tokenizer;
+    engine = std::make_unique<models::Engine>(
+        m.model, eo, [&tok](const std::vector<int64_t>& ids) { return tok.decode(ids, true); },
+        gen.stop_token_ids);
+  }
+
   auto bad_sample = [&](const EvalItem& it, const std::string& why) {
     const std::string id =
         it.head.contains("question_id") ? it.head["question_id"].dump() : std::string("?");
@@ -491,7 +506,28 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
         for (unsigned char c : answer_key(it->head)) h = (h ^ c) * 1099511628211ull;
         gen.row_seeds.push_back(h ^ (opts.generation.seed * 0x9E3779B97F4A7C15ull));
       }
-    const auto outputs = models::generate(m.model, prompts, images, images_aux, gen);
+    // The serving engine (continuous batching, each row in its own KV slot) is the one
+    // generation path; each question is one request with its own image and seed.
+    std::vector<models::EngineRequest> requests;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      models::EngineRequest r;
+      r.prompt = prompts[i];
+      if (has_image[i]) {
+        r.images = images.narrow(0, static_cast<int64_t>(i), 1);
+        r.images_aux = images_aux.narrow(0, static_cast<int64_t>(i), 1);
+      }
+      r.sampling.max_tokens = gen.max_new_tokens;
+      r.sampling.temperature = gen.temperature;
+      r.sampling.top_p = gen.top_p;
+      r.sampling.top_k = gen.top_k;
+      r.sampling.stop = gen.stop_strings;
+      r.sampling.has_seed = true;
+      r.sampling.seed = gen.row_seeds.empty() ? 0 : gen.row_seeds[i];
+      requests.push_back(std::move(r));
+    }
+    const auto outputs = gen.max_new_tokens > 0
+                             ? engine->generate_all(std::move(requests))
+                             : std::vector<std::vector<int64_t>>(prompts.size());
     std::string block;
     for (size_t i = 0; i < batch.size(); ++i) {
       std::string text = m.tokenizer.decode(outputs[i], /*skip_special=*/true);

@@ -138,7 +138,8 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest r) {
     throw EngineRefusal("invalid", str_cat("max_tokens must be at least 1, got ", sp.max_tokens));
   if (!(sp.temperature >= 0.0) || !(sp.top_p > 0.0 && sp.top_p <= 1.0) || sp.top_k < 0)
     throw EngineRefusal("invalid", "temperature must be >= 0, top_p in (0, 1], top_k >= 0");
-  const int64_t n = prompt_positions(r.prompt);
+  int64_t n = prompt_positions(r.prompt);
+  if (opts_.truncate_prompts) n = std::min(n, config().tokenizer_model_max_length);
   if (n + sp.max_tokens > opts_.max_model_len)
     throw EngineRefusal(
         "prompt_too_long",
@@ -173,6 +174,26 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest r) {
   }
   cv_.notify_all();
   return stream;
+}
+
+std::vector<std::vector<int64_t>> Engine::generate_all(std::vector<EngineRequest> requests) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (auto& r : requests) streams.push_back(submit(std::move(r)));
+  std::vector<std::vector<int64_t>> out(streams.size());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    bool done = false;
+    while (!done)
+      for (auto& e : streams[i]->wait(std::chrono::milliseconds(500))) {
+        if (!e.finished) continue;
+        if (e.finish_reason == "error") {
+          for (auto& s : streams) s->cancel();
+          throw Error(str_cat("generation failed: ", e.error));
+        }
+        out[i] = std::move(e.token_ids);
+        done = true;
+      }
+  }
+  return out;
 }
 
 void Engine::begin_drain() {

@@ -89,6 +89,10 @@ struct EngineOptions {
   int64_t max_model_len = 2048;          // positions per slot: prompt + output
   int64_t max_num_batched_tokens = 2048; // tokens per iteration (prefill chunks + decodes)
   int64_t max_queue_len = 64;            // waiting requests beyond the running ones
+  // A prompt longer than the model's tokenizer_model_max_length is cut to it, as MGM's
+  // prepare_inputs_labels_for_multimodal cuts it (what evaluation reproduces), instead of
+  // being refused (what a server does).
+  bool truncate_prompts = false;
 };
 
 // Thrown by submit: the request cannot be served (kind "prompt_too_long", "queue_full",
@@ -134,6 +138,9 @@ class Engine {
   int64_t prompt_positions(const std::vector<int64_t>& prompt) const;
   // Queues a request; throws EngineRefusal when it cannot be served.
   std::shared_ptr<RequestStream> submit(EngineRequest r);
+  // Generates for every request and waits for all of them: the new tokens of each, in order
+  // (the batch API `mgm eval` uses). Throws Error when one fails.
+  std::vector<std::vector<int64_t>> generate_all(std::vector<EngineRequest> requests);
   // Refuses new requests from now on; the running and waiting ones go on.
   void begin_drain();
   // Waits until nothing runs or waits (true), or `timeout` passes (false).
