@@ -56,7 +56,8 @@ struct Loaded {
   std::unique_ptr<models::Engine> engine;
 };
 
-Loaded load(const cli::ArgParser& p) {
+// On the heap and never moved: the engine's decode function refers to the tokenizer in it.
+std::unique_ptr<Loaded> load(const cli::ArgParser& p) {
   data::set_max_image_pixels(p.integer("max_image_pixels"));
   eval::EvalModelOptions mo;
   mo.model_path = p.str("model-path");
@@ -67,7 +68,8 @@ Loaded load(const cli::ArgParser& p) {
   mo.conv_mode = p.str("conv-mode");
   mo.image_aspect_ratio = p.str("image_aspect_ratio");
   std::fprintf(stderr, "loading %s ...\n", mo.model_path.c_str());
-  Loaded l;
+  auto holder = std::make_unique<Loaded>();
+  Loaded& l = *holder;
   l.m = eval::load_eval_model(mo);
   models::EngineOptions eo;
   const int64_t trained = l.m.model->config().tokenizer_model_max_length;
@@ -84,7 +86,7 @@ Loaded load(const cli::ArgParser& p) {
   l.engine = std::make_unique<models::Engine>(
       l.m.model, eo, [&tok](const std::vector<int64_t>& ids) { return tok.decode(ids, true); },
       std::vector<int64_t>{l.m.tokenizer.eos_id()});
-  return l;
+  return holder;
 }
 
 int64_t parse_image_limit(const std::string& s) {
@@ -150,8 +152,8 @@ int run_serve_cmd(const std::vector<std::string>& args) {
   o.drain_timeout_s = p.number("drain-timeout");
   // Before any thread starts, so every thread inherits the mask and sigwait gets the signals.
   block_shutdown_signals();
-  Loaded l = load(p);
-  return run_server(l.m, *l.engine, o);
+  auto l = load(p);
+  return run_server(l->m, *l->engine, o);
 }
 
 // --- mgm chat ---------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ int run_chat_cmd(const std::vector<std::string>& args) {
     const char* env = std::getenv("MGM_API_KEY");
     send = remote_backend(p.str("url"), p.given("api-key") ? p.str("api-key") : env ? env : "");
   } else {
-    loaded = std::make_unique<Loaded>(load(p));
+    loaded = load(p);
     send = local_backend(*loaded);
   }
   struct sigaction sa {};

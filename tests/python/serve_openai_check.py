@@ -9,7 +9,7 @@ textvqa`'s answer file for those questions (greedy, max_new_tokens 6). The serve
 clients get the sequential answers; streaming (deltas add up, usage chunk); stop strings; text
 completions; local files, traversal and symlink escapes; authentication; every malformed request
 gets its 4xx in OpenAI's error shape while good requests run beside them; a client that
-disconnects cancels its request; `mgm chat --url` in a pseudo-terminal (chat_pty.py); and, last, SIGTERM drains: the running stream finishes, new
+disconnects cancels its request; `mgm chat --url` and `mgm chat --model-path` in a pseudo-terminal (chat_pty.py); and, last, SIGTERM drains: the running stream finishes, new
 requests are refused, and the server exits (the caller checks exit code 0).
 Exits 0 when everything holds, 1 with the failures listed.
 """
@@ -273,6 +273,11 @@ pty_run = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__)
                           "What is written on the sign?", short, "--", "--url", BASE, "--api-key", KEY,
                           "--max-tokens", "3500"], capture_output=True, text=True, timeout=300)
 check(pty_run.returncode == 0, "mgm chat --url in a pty: " + pty_run.stdout[-3000:] + pty_run.stderr[-1000:])
+# The same conversation with the model loaded in-process (mgm chat --model-path).
+pty_local = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "chat_pty.py"), MGM_BIN, img0,
+                            "What is written on the sign?", short, "--", "--model-path", os.path.join(FIX, "MGM-tiny"),
+                            "--max-model-len", "4096", "--max-tokens", "3500"], capture_output=True, text=True, timeout=300)
+check(pty_local.returncode == 0, "mgm chat --model-path in a pty: " + pty_local.stdout[-3000:] + pty_local.stderr[-1000:])
 
 # --- SIGTERM drains -----------------------------------------------------------------------------
 drain = {}
