@@ -11,6 +11,7 @@
 #include "models/cli_weights.h"
 #include "models/mgm.h"
 #include "serve/cli_serve.h"
+#include "curate/cli_curate.h"
 
 namespace {
 
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     append(commands, mgm::eval::inspect_commands());
     append(commands, mgm::models::logits_commands());
     append(commands, mgm::serve::serve_commands());
+    append(commands, mgm::curate::curate_commands());
     return mgm::cli::dispatch("mgm", commands, argc, argv);
   });
 }
