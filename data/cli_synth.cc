@@ -26,6 +26,9 @@ int run_synth(const std::vector<std::string>& args) {
             "nominal image side in pixels (each side varies in 0.75..1.25 x this)")
       .flag("vocab_size", cli::Kind::kInt, "1024",
             "tokenizer vocabulary size (at most the model's vocab_size)")
+      .flag("caption-noise", cli::Kind::kFloat, "0",
+            "fraction of pretraining captions made wrong on purpose (wrong colour, shape, count "
+            "or another image's caption; listed in pretrain_truth.jsonl)")
       .flag("overwrite", cli::Kind::kBool, "false", "write into a non-empty --out");
   if (!p.parse(args)) {
     std::cout << p.help();
@@ -45,6 +48,9 @@ int run_synth(const std::vector<std::string>& args) {
   o.image_size = as_int("image_size");
   o.vocab_size = as_int("vocab_size");
   o.overwrite = p.boolean("overwrite");
+  o.caption_noise = p.number("caption-noise");
+  if (!(o.caption_noise >= 0 && o.caption_noise <= 1))
+    throw UsageError(str_cat("--caption-noise must be in [0, 1], got ", o.caption_noise));
   const SynthSummary s = synthesize_dataset(o);
   char secs[32];
   std::snprintf(secs, sizeof secs, "%.1f", s.seconds);

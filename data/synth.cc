@@ -68,6 +68,8 @@ enum Stream : uint64_t {
   kTrainText = 3,
   kEvalText = 4,
   kTextOnly = 5,
+  kCaptionNoise = 6,
+  kNoisyCaption = 7,
 };
 
 class Rng {
@@ -733,7 +735,7 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
   std::vector<std::string> corpus;  // every text the models will see, for the tokenizer
 
   // ---- training images, captions, conversations
-  std::vector<OrderedJson> dj, original, finetune;
+  std::vector<OrderedJson> dj, original, finetune, truth;
   static const std::vector<std::string> pretrain_prompts = {
       "Describe the image briefly.", "Give a short caption for the image.",
       "What is shown in this picture?", "Write a brief description of the image.",
@@ -747,8 +749,47 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
     write_file_atomic(path_join(dir, "images/" + rel), render_synth_png(s));
     Rng r(o.seed, kTrainText, static_cast<uint64_t>(i));
 
-    const std::string cap = caption(s, r);
-    corpus.push_back(cap);
+    const std::string true_cap = caption(s, r);
+    corpus.push_back(true_cap);
+    // Caption noise draws from streams of its own, so everything else stays as without it.
+    std::string noise = "clean", cap = true_cap;
+    if (o.caption_noise > 0) {
+      Rng nr(o.seed, kCaptionNoise, static_cast<uint64_t>(i));
+      if (nr.below(1000000) < static_cast<int>(o.caption_noise * 1000000)) {
+        static const std::vector<std::string> kinds = {"wrong_colour", "wrong_shape",
+                                                       "wrong_count", "unrelated"};
+        noise = nr.pick(kinds);
+        SynthScene w = s;
+        SynthShape& m = w.shapes[0];
+        if (noise == "wrong_colour") {
+          std::vector<std::string> other;
+          for (const auto& c : synth_colours())
+            if (c != m.colour) other.push_back(c);
+          m.colour = nr.pick(other);
+        } else if (noise == "wrong_shape") {
+          std::vector<std::string> other;
+          for (const auto& k : synth_shape_kinds())
+            if (k != m.kind) other.push_back(k);
+          m.kind = nr.pick(other);
+        } else if (noise == "wrong_count") {
+          if (w.shapes.size() > 1) {
+            w.shapes.resize(1);
+          } else {
+            SynthShape extra = m;
+            extra.colour = nr.pick(synth_colours());
+            extra.kind = nr.pick(synth_shape_kinds());
+            w.shapes.push_back(extra);
+            w.shapes.push_back(extra);
+          }
+        } else {
+          w = plan_synth_scene(o.seed + 7919, SynthSplit::kTrain, i, o.image_size);
+        }
+        Rng cr(o.seed, kNoisyCaption, static_cast<uint64_t>(i));
+        cap = caption(w, cr);
+        corpus.push_back(cap);
+      }
+      truth.push_back({{"id", id}, {"noise", noise}, {"caption", cap}, {"true_caption", true_cap}});
+    }
     OrderedJson d = OrderedJson::object();
     d["id"] = id;
     d["text"] = std::string(kDjImageToken) + "\n" + cap + " " + kDjEocToken;
@@ -868,6 +909,8 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
   MGM_CHECK(warnings.empty(), "internal: dj_to_llava warned: ", join(warnings, "; "));
   const std::string pretrain_path = path_join(dir, "pretrain.json");
   write_output(pretrain_path, to_json_array_text(pretrain));
+  if (o.caption_noise > 0)
+    write_output(path_join(dir, "pretrain_truth.jsonl"), to_json_lines_text(truth));
   const std::string finetune_path = path_join(dir, "finetune.json");
   write_output(finetune_path, to_json_array_text(finetune));
   sum.pretrain_samples = pretrain.size();
@@ -1044,6 +1087,7 @@ SynthSummary synthesize_dataset(const SynthOptions& o) {
   man["eval_size"] = o.eval_size;
   man["image_size"] = o.image_size;
   man["vocab_size"] = o.vocab_size;
+  man["caption_noise"] = o.caption_noise;
   man["tokenizer_vocab_size"] = sum.tokenizer_vocab;
   man["image_folder"] = "images";
   OrderedJson files = OrderedJson::object();

@@ -19,6 +19,11 @@ struct SynthOptions {
   int eval_size = 200;    // evaluation images (never used for training)
   int image_size = 256;   // nominal side; each side varies in [0.75, 1.25] x this
   int vocab_size = 1024;  // tokenizer vocabulary (must not exceed the model's)
+  // This fraction of the pretraining captions is made wrong on purpose (wrong colour, shape or
+  // count, or another image's caption), for data-cleaning experiments; which ones, and the true
+  // captions, are listed in pretrain_truth.jsonl. The images, the finetuning and evaluation data
+  // do not depend on it.
+  double caption_noise = 0.0;
   bool overwrite = false;
 };
 
