@@ -207,6 +207,51 @@ TEST(Synth, DeterministicAndSeedDependent) {
   }
 }
 
+// --caption-noise: the stated fraction of pretraining captions is wrong, each as pretrain_truth.jsonl
+// says (its true caption is the clean run's caption), and nothing else changes: the images and
+// the finetuning and evaluation files are byte for byte those of a run without noise.
+TEST(Synth, CaptionNoiseChangesOnlyTheListedCaptions) {
+  const std::string base = test::temp_dir("synth_noise");
+  SynthOptions o = small_options(base + "/noisy");
+  o.caption_noise = 0.5;
+  synthesize_dataset(o);
+  const auto clean = all_files(dataset());
+  const auto noisy = all_files(base + "/noisy");
+  for (const auto& [name, bytes] : clean) {
+    if (starts_with(name, "images/") || name == "finetune.json" || starts_with(name, "eval/")) {
+      EXPECT_TRUE(noisy.at(name) == bytes) << name << " changed with caption noise";
+    }
+  }
+  std::map<std::string, std::string> clean_caption;
+  for (const Sample& s : read_llava(dataset() + "/pretrain.json"))
+    clean_caption[s.id] = s.conversations[1].value;
+  std::map<std::string, std::string> noisy_caption;
+  for (const Sample& s : read_llava(base + "/noisy/pretrain.json"))
+    noisy_caption[s.id] = s.conversations[1].value;
+  size_t wrong = 0, lines = 0;
+  std::set<std::string> kinds;
+  for (const auto& l : split(read_file(base + "/noisy/pretrain_truth.jsonl"), '\n')) {
+    if (l.empty()) continue;
+    ++lines;
+    const Json t = Json::parse(l);
+    const std::string id = t["id"];
+    EXPECT_EQ(t["true_caption"], clean_caption.at(id)) << id;
+    EXPECT_EQ(t["caption"], noisy_caption.at(id)) << id;
+    if (t["noise"] != "clean") {
+      ++wrong;
+      kinds.insert(t["noise"].get<std::string>());
+      EXPECT_NE(t["caption"], t["true_caption"]) << id << " " << t["noise"];
+    } else {
+      EXPECT_EQ(t["caption"], t["true_caption"]) << id;
+    }
+  }
+  EXPECT_EQ(lines, clean_caption.size());
+  EXPECT_GT(wrong, lines / 4);
+  EXPECT_LT(wrong, lines * 3 / 4);
+  EXPECT_GE(kinds.size(), 3u);
+  EXPECT_EQ(read_json_file(base + "/noisy/synth.json")["caption_noise"], 0.5);
+}
+
 TEST(Synth, RefusesANonEmptyFolderWithoutOverwrite) {
   const std::string d = test::temp_dir("synth_refuse");
   write_file_atomic(d + "/keep.txt", "x");
