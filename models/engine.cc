@@ -161,7 +161,9 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest r) {
     std::lock_guard<std::mutex> lk(mu_);
     if (draining_ || stop_)
       throw EngineRefusal("draining", "the server is shutting down and takes no new requests");
-    if (static_cast<int64_t>(waiting_.size()) >= opts_.max_queue_len)
+    // Requests wait beyond the free slots (they are admitted at the next iteration).
+    const int64_t free_slots = opts_.max_num_seqs - running_count_;
+    if (static_cast<int64_t>(waiting_.size()) >= opts_.max_queue_len + free_slots)
       throw EngineRefusal("queue_full",
                           str_cat("the server is at capacity: ", running_count_, " running and ",
                                   waiting_.size(), " waiting (--max-queue-len ",
@@ -328,27 +330,27 @@ void Engine::iterate(std::vector<std::unique_ptr<Seq>>& running) {
     Seq& s = *sp;
     if (s.done || !s.prefilling) continue;
     if (budget <= 0) break;
-    const int64_t chunk = std::min(s.positions - s.prefilled, budget);
-    GemmaSlotRows rows;
-    rows.cache = &cache_;
-    rows.slots = {s.slot};
-    rows.starts = {s.prefilled};
-    GemmaForwardOptions o;
-    o.slot_rows = &rows;
-    const at::Tensor hidden = llm->hidden_states(s.embeds.narrow(1, s.prefilled, chunk), o);
-    s.prefilled += chunk;
-    budget -= chunk;
-    if (s.prefilled < s.positions) continue;
-    s.prefilling = false;
-    s.embeds = at::Tensor();
-    s.length = s.positions;
-    const at::Tensor logits = llm->logits(hidden.select(1, chunk - 1)).to(at::kFloat);
-    GenerationConfig g;
-    g.temperature = s.req.sampling.temperature;
-    g.top_p = s.req.sampling.top_p;
-    g.top_k = s.req.sampling.top_k;
-    std::vector<at::Generator> gens{s.gen};
-    accept_token(s, select_next_tokens(logits, g, gens)[0]);
+    // A failure here (an out-of-memory prefill, a bad sample) ends this request only.
+    try {
+      const int64_t chunk = std::min(s.positions - s.prefilled, budget);
+      GemmaSlotRows rows;
+      rows.cache = &cache_;
+      rows.slots = {s.slot};
+      rows.starts = {s.prefilled};
+      GemmaForwardOptions o;
+      o.slot_rows = &rows;
+      const at::Tensor hidden = llm->hidden_states(s.embeds.narrow(1, s.prefilled, chunk), o);
+      s.prefilled += chunk;
+      budget -= chunk;
+      if (s.prefilled < s.positions) continue;
+      s.prefilling = false;
+      s.embeds = at::Tensor();
+      s.length = s.positions;
+      const at::Tensor logits = llm->logits(hidden.select(1, chunk - 1)).to(at::kFloat);
+      accept_token(s, sample(s, logits));
+    } catch (const std::exception& e) {
+      finish(s, "error", str_cat("generation failed: ", e.what()));
+    }
   }
 
   // One decode step for every sequence that was decoding when the iteration began.
@@ -373,13 +375,22 @@ void Engine::iterate(std::vector<std::unique_ptr<Seq>>& running) {
   for (int64_t b = 0; b < B; ++b) {
     Seq& s = *decoding[static_cast<size_t>(b)];
     ++s.length;
-    GenerationConfig g;
-    g.temperature = s.req.sampling.temperature;
-    g.top_p = s.req.sampling.top_p;
-    g.top_k = s.req.sampling.top_k;
-    std::vector<at::Generator> gens{s.gen};
-    accept_token(s, select_next_tokens(logits.narrow(0, b, 1), g, gens)[0]);
+    try {
+      accept_token(s, sample(s, logits.narrow(0, b, 1)));
+    } catch (const std::exception& e) {
+      finish(s, "error", str_cat("generation failed: ", e.what()));
+    }
   }
+}
+
+int64_t Engine::sample(Seq& s, const at::Tensor& logits) {
+  GenerationConfig g;
+  // Temperatures this small are greedy (vLLM's _SAMPLING_EPS): dividing by them overflows.
+  g.temperature = s.req.sampling.temperature < 1e-5 ? 0.0 : s.req.sampling.temperature;
+  g.top_p = s.req.sampling.top_p;
+  g.top_k = s.req.sampling.top_k;
+  std::vector<at::Generator> gens{s.gen};
+  return select_next_tokens(logits, g, gens)[0];
 }
 
 bool Engine::accept_token(Seq& s, int64_t token) {

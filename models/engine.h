@@ -156,6 +156,7 @@ class Engine {
   void loop();
   void iterate(std::vector<std::unique_ptr<Seq>>& running);
   void start_sequence(Seq& s);
+  int64_t sample(Seq& s, const at::Tensor& logits);
   bool accept_token(Seq& s, int64_t token);
   void emit(Seq& s);
   void finish(Seq& s, const std::string& reason, const std::string& error = "");

@@ -106,6 +106,15 @@ struct Shared {
   const ServerOptions& o;
   std::string model_name;
   std::atomic<bool> draining{false};
+  // Generation responses still being written; shutdown waits for them (stopping the server
+  // while one is mid-stream would cut it short).
+  std::atomic<int> in_flight{0};
+};
+
+struct InFlight {
+  std::atomic<int>& n;
+  explicit InFlight(std::atomic<int>& c) : n(c) { ++n; }
+  ~InFlight() { --n; }
 };
 
 // Serves one generation request (chat or completion), streamed or whole.
@@ -130,6 +139,7 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
     if (err.status == 503) res.set_header("Retry-After", "1");
     throw err;
   }
+  auto in_flight = std::make_shared<InFlight>(sh.in_flight);  // released with the response
   const int fd = connection_fd(req);
   const std::string id = new_request_id(chat ? "chatcmpl" : "cmpl");
   const int64_t created = unix_now();
@@ -137,9 +147,11 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
 
   if (!r.stream) {
     std::string text;
+    bool client_gone = false;
     while (true) {
       auto events = stream->wait(200ms);
-      if (events.empty() && peer_gone(fd)) {
+      if (events.empty() && !client_gone && peer_gone(fd)) {
+        client_gone = true;
         stream->cancel();  // nobody is waiting for the answer any more
         continue;
       }
@@ -149,7 +161,9 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
         if (e.finish_reason == "error")
           throw ApiError(500, e.error, "internal_server_error");
         if (e.finish_reason == "cancelled") {
-          throw ApiError(499, "the request was cancelled", "cancelled");
+          if (client_gone) throw ApiError(499, "the client closed the connection", "cancelled");
+          throw ApiError(503, "the server is shutting down and cancelled the request",
+                         "server_unavailable", "", "cancelled");
         }
         const Json body = chat ? chat_response(id, created, model, text, e.finish_reason,
                                                e.prompt_tokens, e.completion_tokens)
@@ -167,7 +181,8 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
   auto started = std::make_shared<bool>(false);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [stream, fd, id, created, model, chat, usage, started](size_t, httplib::DataSink& sink) {
+      [stream, fd, id, created, model, chat, usage, started, in_flight](size_t,
+                                                                       httplib::DataSink& sink) {
         auto write = [&](const std::string& s) {
           if (sink.write(s.data(), s.size())) return true;
           stream->cancel();
@@ -191,10 +206,14 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
             if (!write(sse(c))) return false;
           }
           if (!e.finished) continue;
-          if (e.finish_reason == "cancelled") return false;
-          if (e.finish_reason == "error") {
-            const ApiError err(500, e.error, "internal_server_error");
-            write("data: " + err.body() + "\n\n");
+          if (e.finish_reason == "cancelled" && stream->cancelled() && peer_gone(fd)) return false;
+          if (e.finish_reason == "error" || e.finish_reason == "cancelled") {
+            const ApiError err = e.finish_reason == "error"
+                                     ? ApiError(500, e.error, "internal_server_error")
+                                     : ApiError(503, "the server is shutting down and cancelled "
+                                                     "the request", "server_unavailable", "",
+                                                "cancelled");
+            if (!write("data: " + err.body() + "\n\n")) return false;
           } else {
             const Json c = chat ? chat_chunk(id, created, model, Json::object(), e.finish_reason, usage)
                                 : completion_chunk(id, created, model, "", e.finish_reason, usage);
@@ -215,7 +234,7 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
         }
         return true;
       },
-      [stream](bool) { stream->cancel(); });  // a no-op once it finished
+      [stream, in_flight](bool) { stream->cancel(); });  // a no-op once it finished
 }
 
 std::string histogram_text(const std::string& name, const std::string& help,
@@ -387,6 +406,8 @@ int run_server(eval::EvalModel& m, models::Engine& engine, const ServerOptions& 
     engine.cancel_all();
     engine.wait_idle(10s);
   }
+  // Let the responses in flight finish writing (bounded: a client that stopped reading is cut).
+  for (int i = 0; i < 300 && sh.in_flight > 0; ++i) std::this_thread::sleep_for(50ms);
   svr.stop();
   listener.join();
   std::fprintf(stderr, "mgm serve: stopped\n");

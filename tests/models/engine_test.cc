@@ -206,6 +206,28 @@ TEST_F(EngineTest, StopStringsEndTheTextBeforeThem) {
   EXPECT_EQ(ct.final.token_ids, std::vector<int64_t>(full.begin(), first));
 }
 
+TEST_F(EngineTest, TinyTemperatureIsGreedyAndFreeSlotsAddToTheQueue) {
+  EngineOptions o;
+  o.max_num_seqs = 4;
+  o.max_queue_len = 1;
+  o.max_model_len = 96;
+  Engine engine(tiny_model(), o, fake_decode, {});
+  const auto ps = prompts();
+  // Four free slots and a queue of one: five requests at once are all taken.
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 5; ++i) {
+    EngineRequest r = request(ps[1], 1, 8);
+    r.sampling.temperature = 1e-40;  // would overflow as a divisor: treated as greedy
+    streams.push_back(engine.submit(std::move(r)));
+  }
+  const auto greedy = reference(request(ps[1], 1, 8), -1);
+  for (auto& st : streams) {
+    const auto f = collect(*st).final;
+    EXPECT_EQ(f.finish_reason, "length") << f.error;
+    EXPECT_EQ(f.token_ids, greedy);
+  }
+}
+
 TEST_F(EngineTest, IgnoreEosRunsToMaxTokens) {
   EngineOptions o;
   o.max_model_len = 96;
