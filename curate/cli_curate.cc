@@ -144,7 +144,10 @@ int run_filter(const std::vector<std::string>& args) {
   p.flag("scores", cli::Kind::kString, "", "SCORES.jsonl from mgm data score", true);
   p.flag("out", cli::Kind::kString, "", "the kept samples", true);
   p.flag("min-image-gain", cli::Kind::kString, "", "drop samples whose caption gains less from the image");
-  p.flag("keep-top-fraction", cli::Kind::kString, "", "then keep this fraction with the highest image gain");
+  p.flag("keep-top-fraction", cli::Kind::kString, "", "then keep this fraction with the highest --rank-by");
+  p.flag("rank-by", cli::Kind::kString, "mgm_image_gain",
+         "the stat --keep-top-fraction ranks by: mgm_image_gain, mgm_image_gain_min, mgm_loglik or "
+         "mgm_loglik_text_only");
   p.flag("min-words", cli::Kind::kString, "", "fewest caption words");
   p.flag("max-words", cli::Kind::kString, "", "most caption words");
   p.flag("min-side", cli::Kind::kString, "", "smallest image side in pixels");
@@ -183,6 +186,7 @@ int run_filter(const std::vector<std::string>& args) {
   o.max_words = whole("max-words");
   o.min_side = whole("min-side");
   o.max_aspect_ratio = real("max-aspect-ratio");
+  o.rank_by = p.str("rank-by");
   o.dedup = p.str("dedup");
   o.dedup_distance = static_cast<int>(p.integer("dedup-distance"));
   o.overwrite = p.boolean("overwrite");

@@ -260,6 +260,8 @@ CaptionLikelihood caption_likelihood(eval::EvalModel& m, const std::string& prom
       m.model->llm->logits(hidden[0].index_select(0, sel.to(dev))).to(at::kFloat).to(at::kCPU);
   const at::Tensor lp = logits.log_softmax(-1).gather(1, next.index_select(0, sel).unsqueeze(1));
   out.mean_logprob = lp.mean().item<double>();
+  const at::Tensor flat = lp.reshape({-1}).to(at::kDouble).contiguous();
+  out.token_logprobs.assign(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
   return out;
 }
 
@@ -529,12 +531,21 @@ size_t score_dataset(eval::EvalModel& m, const ScoreOptions& o) {
       }
       const CaptionLikelihood with = first_aux.defined()
                                          ? caption_likelihood(m, o.prompt, first_aux, s.caption)
-                                         : CaptionLikelihood{NAN, 0};
+                                         : CaptionLikelihood{NAN, 0, {}};
       const CaptionLikelihood without = caption_likelihood(m, o.prompt, at::Tensor(), s.caption);
       const auto words = eval::py::split(s.caption);  // str.split()
       stats["mgm_loglik"] = with.mean_logprob;
       stats["mgm_loglik_text_only"] = without.mean_logprob;
       stats["mgm_image_gain"] = with.mean_logprob - without.mean_logprob;
+      // Per token: the caption's tokens are the same with and without the image (only the
+      // prompt before them differs), so their gains pair up.
+      if (with.token_logprobs.size() == without.token_logprobs.size() &&
+          !with.token_logprobs.empty()) {
+        double lo = INFINITY;
+        for (size_t k = 0; k < with.token_logprobs.size(); ++k)
+          lo = std::min(lo, with.token_logprobs[k] - without.token_logprobs[k]);
+        stats["mgm_image_gain_min"] = lo;
+      }
       stats["caption_tokens"] = with.tokens > 0 ? with.tokens : without.tokens;
       stats["num_words"] = words.size();
       stats["text_len"] = eval::py::decode(s.caption).size();  // len(str)

@@ -63,6 +63,7 @@ OrderedJson captioned_record(const CaptionSample& s, DataFormat f,
 struct CaptionLikelihood {
   double mean_logprob = 0;
   int64_t tokens = 0;
+  std::vector<double> token_logprobs;  // per supervised token, in order
 };
 CaptionLikelihood caption_likelihood(eval::EvalModel& m, const std::string& prompt,
                                      const at::Tensor& aux, const std::string& caption);
@@ -104,14 +105,16 @@ struct ScoreOptions {
   bool quiet = false;
 };
 // One line per sample: the record plus "__dj__stats__" (mgm_loglik, mgm_loglik_text_only,
-// mgm_image_gain, caption_tokens, num_words, text_len, image_width, image_height, aspect_ratios,
+// mgm_image_gain, mgm_image_gain_min (the smallest per-token gain: one wrong word among many
+// right ones shows there), caption_tokens, num_words, text_len, image_width, image_height, aspect_ratios,
 // image_dhash). Returns the number of samples scored.
 size_t score_dataset(eval::EvalModel& m, const ScoreOptions& o);
 
 struct FilterOptions {
   std::string data_path, scores, out;
   std::optional<double> min_image_gain;
-  std::optional<double> keep_top_fraction;  // of the samples left, by mgm_image_gain
+  std::optional<double> keep_top_fraction;  // of the samples left, by rank_by
+  std::string rank_by = "mgm_image_gain";   // the stat keep_top_fraction ranks by (higher first)
   std::optional<int64_t> min_words, max_words;
   std::optional<int64_t> min_side;
   std::optional<double> max_aspect_ratio;

@@ -96,6 +96,11 @@ FilterReport filter_dataset(const FilterOptions& o) {
     throw UsageError("--dedup: expected phash, text or both, got '" + o.dedup + "'");
   if (o.keep_top_fraction && !(*o.keep_top_fraction > 0 && *o.keep_top_fraction <= 1))
     throw UsageError("--keep-top-fraction must be in (0, 1]");
+  static const std::set<std::string> rankable = {"mgm_image_gain", "mgm_image_gain_min",
+                                                 "mgm_loglik", "mgm_loglik_text_only"};
+  if (!rankable.count(o.rank_by))
+    throw UsageError("--rank-by: expected mgm_image_gain, mgm_image_gain_min, mgm_loglik or "
+                     "mgm_loglik_text_only, got '" + o.rank_by + "'");
   const CaptionDataset d = read_caption_dataset(o.data_path);
   const data::RecordFile scores = data::read_records(o.scores, data::FileKind::kJsonLines);
   if (scores.records.size() != d.samples.size())
@@ -170,13 +175,14 @@ FilterReport filter_dataset(const FilterOptions& o) {
     std::vector<size_t> alive;
     for (size_t i = 0; i < n; ++i)
       if (reason[i].empty()) alive.push_back(i);
+    const char* key = o.rank_by.c_str();
     std::stable_sort(alive.begin(), alive.end(), [&](size_t a, size_t b) {
-      const double x = num(stats[a], "mgm_image_gain"), y = num(stats[b], "mgm_image_gain");
+      const double x = num(stats[a], key), y = num(stats[b], key);
       return (std::isnan(y) ? -INFINITY : y) < (std::isnan(x) ? -INFINITY : x);
     });
     const size_t keep = static_cast<size_t>(std::ceil(*o.keep_top_fraction * alive.size()));
     for (size_t k = keep; k < alive.size(); ++k) drop(alive[k], "below_top_fraction");
-    if (keep > 0 && keep <= alive.size()) top_cut = num(stats[alive[keep - 1]], "mgm_image_gain");
+    if (keep > 0 && keep <= alive.size()) top_cut = num(stats[alive[keep - 1]], key);
   }
 
   FilterReport rep;
@@ -206,7 +212,10 @@ FilterReport filter_dataset(const FilterOptions& o) {
     }
   Json thresholds = Json::object();
   if (o.min_image_gain) thresholds["min_image_gain"] = *o.min_image_gain;
-  if (o.keep_top_fraction) thresholds["keep_top_fraction"] = *o.keep_top_fraction;
+  if (o.keep_top_fraction) {
+    thresholds["keep_top_fraction"] = *o.keep_top_fraction;
+    thresholds["rank_by"] = o.rank_by;
+  }
   if (o.min_words) thresholds["min_words"] = *o.min_words;
   if (o.max_words) thresholds["max_words"] = *o.max_words;
   if (o.min_side) thresholds["min_side"] = *o.min_side;
@@ -226,11 +235,11 @@ FilterReport filter_dataset(const FilterOptions& o) {
     const std::string path = o.out + ".hist_" + key + ".png";
     if (write_histogram(path, title, v, marks)) plots.push_back(path);
   };
-  std::vector<double> gain_marks;
+  std::vector<double> gain_marks, loglik_marks;
   if (o.min_image_gain) gain_marks.push_back(*o.min_image_gain);
-  if (std::isfinite(top_cut)) gain_marks.push_back(top_cut);
+  if (std::isfinite(top_cut)) (o.rank_by == "mgm_loglik" ? loglik_marks : gain_marks).push_back(top_cut);
   plot("mgm_image_gain", "image gain (mean log-likelihood with - without the image)", gain_marks);
-  plot("mgm_loglik", "mean token log-likelihood of the caption given the image", {});
+  plot("mgm_loglik", "mean token log-likelihood of the caption given the image", loglik_marks);
   std::vector<double> word_marks;
   if (o.min_words) word_marks.push_back(static_cast<double>(*o.min_words));
   if (o.max_words) word_marks.push_back(static_cast<double>(*o.max_words));

@@ -299,6 +299,17 @@ TEST(Filter, ReasonsReportAndHistograms) {
   EXPECT_TRUE(path_exists(o.out + ".hist_mgm_image_gain.png"));
   EXPECT_EQ(rep["histograms"].size(), 3u);
 #endif
+  // Ranked by another stat: the text-only likelihood falls with the index, so 7 goes instead of 2.
+  o.rank_by = "mgm_loglik_text_only";
+  o.overwrite = true;
+  filter_dataset(o);
+  ids.clear();
+  for (const auto& l : split(read_file(o.out), '\n'))
+    if (!l.empty()) ids.push_back(OrderedJson::parse(l)["id"].get<std::string>());
+  EXPECT_EQ(ids, (std::vector<std::string>{"2", "5", "6"}));
+  o.rank_by = "colour";
+  EXPECT_NE(test::error_of([&] { filter_dataset(o); }).find("--rank-by: expected"), std::string::npos);
+  o.rank_by = "mgm_image_gain";
   // Score lines that do not match the data are refused.
   write_file_atomic(dir + "/short.jsonl", scores.substr(0, scores.find('\n') + 1));
   o.scores = dir + "/short.jsonl";
