@@ -6,38 +6,19 @@
 #include "common/files.h"
 #include "common/strings.h"
 #include "curate/curate.h"
+#include "eval/cli_eval.h"
 #include "data/image.h"
 
 namespace mgm::curate {
 namespace {
 
 void model_flags(cli::ArgParser& p) {
-  p.flag("model-path", cli::Kind::kString, "", "MGM checkpoint folder (config.json + weights)", true);
-  p.flag("model-base", cli::Kind::kString, "",
-         "base model folder when --model-path is a LoRA adapter folder (merged in memory)");
-  p.flag("tokenizer", cli::Kind::kString, "", "tokenizer.model or its folder (default: model path)");
-  p.flag("device", cli::Kind::kString, "cpu", "cpu, cuda or cuda:N");
-  p.flag("dtype", cli::Kind::kString, "fp32", "fp32, bf16 or fp16");
-  p.flag("conv-mode", cli::Kind::kString, "gemma", "conversation template (as mgm eval)");
-  p.flag("image_aspect_ratio", cli::Kind::kString, "", "pad or square (default: the model config's)");
-  p.flag("max_image_pixels", cli::Kind::kInt, std::to_string(data::kPilMaxImagePixels),
-         data::kMaxImagePixelsHelp);
+  eval::add_model_flags(p);
   p.flag("on_bad_sample", cli::Kind::kString, "error",
          "an unreadable image: error (stop) or skip (report and go on)");
 }
 
-eval::EvalModel load(const cli::ArgParser& p) {
-  data::set_max_image_pixels(p.integer("max_image_pixels"));
-  eval::EvalModelOptions mo;
-  mo.model_path = p.str("model-path");
-  mo.model_base = p.str("model-base");
-  mo.tokenizer_path = p.str("tokenizer");
-  mo.device = p.str("device");
-  mo.dtype = p.str("dtype");
-  mo.conv_mode = p.str("conv-mode");
-  mo.image_aspect_ratio = p.str("image_aspect_ratio");
-  return eval::load_eval_model(mo);
-}
+eval::EvalModel load(const cli::ArgParser& p) { return eval::load_eval_model(eval::model_from_flags(p)); }
 
 bool skip_policy(const cli::ArgParser& p) {
   return eval::parse_bad_sample_policy(p.str("on_bad_sample")) == eval::BadSamplePolicy::kSkip;

@@ -1,5 +1,7 @@
 #include "eval/cli_eval.h"
 
+#include "eval/runner.h"
+
 #include <cstdio>
 #include <string>
 
@@ -176,6 +178,39 @@ int run_merge_cmd(const std::vector<std::string>& args) {
 }
 
 }  // namespace
+
+void add_model_flags(cli::ArgParser& p, bool required) {
+  p.flag("model-path", cli::Kind::kString, "", "MGM checkpoint folder (config.json + weights)",
+         required);
+  p.flag("model-base", cli::Kind::kString, "",
+         "base model folder when --model-path is a LoRA adapter folder (merged in memory)");
+  p.flag("tokenizer", cli::Kind::kString, "",
+         "tokenizer.model or its folder (default: model path)");
+  p.flag("device", cli::Kind::kString, "cpu", "cpu, cuda or cuda:N");
+  p.flag("dtype", cli::Kind::kString, "fp32", "fp32, bf16 or fp16 (float32, bfloat16, float16)");
+  p.flag("conv-mode", cli::Kind::kString, "gemma", "conversation template (as mgm eval)");
+  p.flag("image_aspect_ratio", cli::Kind::kString, "",
+         "pad or square (default: the model config's)");
+  p.flag("max_image_pixels", cli::Kind::kInt, std::to_string(data::kPilMaxImagePixels),
+         data::kMaxImagePixelsHelp);
+}
+
+EvalModelOptions model_from_flags(const cli::ArgParser& p) {
+  data::set_max_image_pixels(p.integer("max_image_pixels"));
+  EvalModelOptions mo;
+  mo.model_path = p.str("model-path");
+  mo.model_base = p.str("model-base");
+  mo.tokenizer_path = p.str("tokenizer");
+  mo.device = p.str("device");
+  const std::string d = p.str("dtype");
+  mo.dtype = d == "float32" || d == "float" ? "fp32"
+             : d == "bfloat16"              ? "bf16"
+             : d == "float16" || d == "half" ? "fp16"
+                                             : d;
+  mo.conv_mode = p.str("conv-mode");
+  mo.image_aspect_ratio = p.str("image_aspect_ratio");
+  return mo;
+}
 
 std::vector<cli::Command> eval_commands() {
   return {

@@ -14,6 +14,7 @@
 #include "common/strings.h"
 #include "data/image.h"
 #include "data/synth.h"
+#include "eval/cli_eval.h"
 #include "serve/server.h"
 
 namespace mgm::serve {
@@ -21,18 +22,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// The model flags `mgm serve` and local `mgm chat` share (mgm eval's names; vLLM's where mgm
-// eval has none).
+// The model flags (eval::add_model_flags) and the engine's, for `mgm serve` and local `mgm chat`
+// (vLLM's names).
 void model_flags(cli::ArgParser& p, bool required) {
-  p.flag("model-path", cli::Kind::kString, "", "MGM checkpoint folder (config.json + weights)",
-         required);
-  p.flag("model-base", cli::Kind::kString, "",
-         "base model folder when --model-path is a LoRA adapter folder (merged in memory)");
-  p.flag("tokenizer", cli::Kind::kString, "", "tokenizer.model or its folder (default: model path)");
-  p.flag("device", cli::Kind::kString, "cpu", "cpu, cuda or cuda:N");
-  p.flag("dtype", cli::Kind::kString, "fp32", "fp32, bf16 or fp16 (float32, bfloat16, float16)");
-  p.flag("conv-mode", cli::Kind::kString, "gemma", "conversation template (as mgm eval)");
-  p.flag("image_aspect_ratio", cli::Kind::kString, "", "pad or square (default: the model config's)");
+  eval::add_model_flags(p, required);
   p.flag("max-num-seqs", cli::Kind::kInt, "32", "sequences decoded together (KV slots)");
   p.flag("max-model-len", cli::Kind::kInt, "0",
          "positions per sequence, prompt + output (0: the model's tokenizer_model_max_length)");
@@ -40,15 +33,6 @@ void model_flags(cli::ArgParser& p, bool required) {
          "tokens per engine step: longer prompts are prefilled in chunks between decode steps");
   p.flag("max-queue-len", cli::Kind::kInt, "64",
          "requests that may wait for a slot; beyond them requests get 503");
-  p.flag("max_image_pixels", cli::Kind::kInt, std::to_string(data::kPilMaxImagePixels),
-         data::kMaxImagePixelsHelp);
-}
-
-std::string dtype_name(const std::string& d) {
-  if (d == "float32" || d == "float") return "fp32";
-  if (d == "bfloat16") return "bf16";
-  if (d == "float16" || d == "half") return "fp16";
-  return d;
 }
 
 struct Loaded {
@@ -58,15 +42,7 @@ struct Loaded {
 
 // On the heap and never moved: the engine's decode function refers to the tokenizer in it.
 std::unique_ptr<Loaded> load(const cli::ArgParser& p) {
-  data::set_max_image_pixels(p.integer("max_image_pixels"));
-  eval::EvalModelOptions mo;
-  mo.model_path = p.str("model-path");
-  mo.model_base = p.str("model-base");
-  mo.tokenizer_path = p.str("tokenizer");
-  mo.device = p.str("device");
-  mo.dtype = dtype_name(p.str("dtype"));
-  mo.conv_mode = p.str("conv-mode");
-  mo.image_aspect_ratio = p.str("image_aspect_ratio");
+  const eval::EvalModelOptions mo = eval::model_from_flags(p);
   std::fprintf(stderr, "loading %s ...\n", mo.model_path.c_str());
   auto holder = std::make_unique<Loaded>();
   Loaded& l = *holder;
