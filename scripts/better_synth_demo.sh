@@ -3,16 +3,21 @@
 #   1. `mgm data synth --caption-noise 0.5`: half the pretraining captions are wrong on purpose
 #      (wrong colour, shape or count, or another image's caption; pretrain_truth.jsonl says which).
 #   2. noisy:    pretrain on the noisy captions -> finetune (fixed data) -> eval.
-#   3. filtered: `mgm data score` the pretraining set with the noisy run's finetuned model (mean
-#      log-likelihood of each caption with and without its image), `mgm data filter
-#      --keep-top-fraction 0.5` on the image gain -> pretrain again -> the same finetune -> eval.
+#   3. filtered: a caption model (the noisy run's projector, then the LLM finetuned for 2 epochs on
+#      the noisy captions themselves: wrong captions disagree with their images at random, so the
+#      model learns the majority and finds the wrong ones less likely, the "small-loss" idea);
+#      `mgm data score` the pretraining set with it, `mgm data filter --keep-top-fraction 0.5
+#      --rank-by mgm_loglik` -> pretrain again -> the same finetune -> eval. (The noisy run's own
+#      finetuned model was tried first: it never saw captions and ranks them at chance, AUC 0.53.)
 #   4. clean:    the true captions (the upper bound a perfect cleaner reaches) -> the same.
 # Prints one table: data variant, samples kept, caption accuracy against the synthetic ground
 # truth, the filter's precision and recall on the wrong captions, TextVQA- and MMBench-format
 # scores; writes better_synth_out/results.json.
 #
 # Environment: MGM_BS_SEEDS (default "1 2 3"), MGM_BS_SIZE (training images, default 1500),
-# MGM_BS_NOISE (default 0.5), MGM_BS_OUT (default better_synth_out/), MGM_DEMO_THREADS.
+# MGM_BS_NOISE (default 0.5), MGM_BS_OUT (default better_synth_out/), MGM_DEMO_THREADS,
+# MGM_BS_VARIANTS (default "noisy filtered clean"; filtered needs noisy's pretrain output),
+# MGM_BS_REUSE=1 (keep an existing seed folder's data and runs, redo only MGM_BS_VARIANTS).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -22,6 +27,7 @@ size="${MGM_BS_SIZE:-1500}"
 noise="${MGM_BS_NOISE:-0.5}"
 out="${MGM_BS_OUT:-$root/better_synth_out}"
 threads="${MGM_DEMO_THREADS:-$(nproc 2>/dev/null || echo 2)}"
+variants=" ${MGM_BS_VARIANTS:-noisy filtered clean} "
 t0=$SECONDS
 
 bash "$here/setup.sh"
@@ -66,10 +72,12 @@ train_and_eval() {
 for seed in $seeds; do
   s="$out/seed$seed"
   data="$s/data"
-  echo "== seed $seed: mgm data synth --caption-noise $noise ($size training images)"
-  rm -rf "$s" && mkdir -p "$s"
-  "$mgm" data synth --out "$data" --seed "$seed" --size "$size" --eval_size 150 --vocab_size 1024 \
-    --caption-noise "$noise" > /dev/null
+  if [[ "${MGM_BS_REUSE:-0}" != 1 || ! -f "$data/synth.json" ]]; then
+    echo "== seed $seed: mgm data synth --caption-noise $noise ($size training images)"
+    rm -rf "$s" && mkdir -p "$s"
+    "$mgm" data synth --out "$data" --seed "$seed" --size "$size" --eval_size 150 --vocab_size 1024 \
+      --caption-noise "$noise" > /dev/null 2>&1
+  fi
   # The true captions, as the clean variant's pretraining set.
   "$py" - "$data" <<'PY'
 import json, sys
@@ -86,16 +94,30 @@ for r in recs:
                 turn["value"] = truth[r["id"]]["true_caption"]
 json.dump(recs, open(d + "/pretrain_clean.json", "w"))
 PY
-  echo "   noisy: pretrain -> finetune -> eval"
-  train_and_eval "$data" "$data/pretrain.json" "$s/noisy"
-  echo "   filtered: mgm data score + mgm data filter with the noisy run's model, then the same"
-  "$mgm" data score --model-path "$s/noisy/finetune" --data_path "$data/pretrain.json" \
-    --image_folder "$data/images" --out "$s/scores.jsonl" --prompt "Describe the image briefly." > /dev/null 2>&1
-  "$mgm" data filter --data_path "$data/pretrain.json" --scores "$s/scores.jsonl" \
-    --out "$data/pretrain_filtered.json" --keep-top-fraction 0.5 > "$s/filter.log"
-  train_and_eval "$data" "$data/pretrain_filtered.json" "$s/filtered"
-  echo "   clean: the true captions, the same"
-  train_and_eval "$data" "$data/pretrain_clean.json" "$s/clean"
+  if [[ "$variants" == *" noisy "* ]]; then
+    echo "   seed $seed noisy: pretrain -> finetune -> eval"
+    train_and_eval "$data" "$data/pretrain.json" "$s/noisy"
+  fi
+  if [[ "$variants" == *" filtered "* ]]; then
+    echo "   seed $seed filtered: caption model, mgm data score, mgm data filter, then the same"
+    "$train" --stage finetune --model_config "$root/configs/models/demo.json" \
+      --tokenizer "$data/tokenizer/tokenizer.model" --version gemma --image_folder "$data/images" \
+      --seed 42 --num_threads "$threads" --dataloader_num_workers 1 --logging_steps 50 --save_steps 1000 \
+      --save_total_limit 1 --progress none --data_path "$data/pretrain.json" --output_dir "$s/caption_model" \
+      --overwrite_output_dir --pretrain_mm_mlp_adapter "$s/noisy/pretrain/mm_projector.bin" \
+      --image_aspect_ratio pad --num_train_epochs 2 --per_device_train_batch_size 8 --learning_rate 1e-3 \
+      --weight_decay 0 --warmup_ratio 0.03 --lr_scheduler_type cosine > "$s/caption_model.log" 2>&1
+    "$mgm" data score --model-path "$s/caption_model" --data_path "$data/pretrain.json" \
+      --image_folder "$data/images" --out "$s/scores.jsonl" --prompt "Describe the image briefly." \
+      --overwrite > /dev/null 2>&1
+    "$mgm" data filter --data_path "$data/pretrain.json" --scores "$s/scores.jsonl" \
+      --out "$data/pretrain_filtered.json" --keep-top-fraction 0.5 --rank-by mgm_loglik --overwrite > "$s/filter.log"
+    train_and_eval "$data" "$data/pretrain_filtered.json" "$s/filtered"
+  fi
+  if [[ "$variants" == *" clean "* ]]; then
+    echo "   seed $seed clean: the true captions, the same"
+    train_and_eval "$data" "$data/pretrain_clean.json" "$s/clean"
+  fi
 done
 
 "$py" - "$out" $seeds <<'PY'
