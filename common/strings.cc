@@ -21,6 +21,16 @@ std::vector<std::string> split(std::string_view s, char sep) {
   return out;
 }
 
+std::vector<std::string> split(std::string_view s, std::string_view sep) {
+  MGM_CHECK(!sep.empty(), "split: empty separator");
+  std::vector<std::string> out;
+  size_t from = 0;
+  for (size_t at; (at = s.find(sep, from)) != std::string_view::npos; from = at + sep.size())
+    out.emplace_back(s.substr(from, at - from));
+  out.emplace_back(s.substr(from));
+  return out;
+}
+
 std::string join(const std::vector<std::string>& parts, std::string_view sep) {
   std::string out;
   for (size_t i = 0; i < parts.size(); ++i) {

@@ -9,6 +9,8 @@
 namespace mgm {
 
 std::vector<std::string> split(std::string_view s, char sep);
+// Python's str.split(sep) for a non-empty separator string: every piece, empty ones included.
+std::vector<std::string> split(std::string_view s, std::string_view sep);
 std::string join(const std::vector<std::string>& parts, std::string_view sep);
 bool starts_with(std::string_view s, std::string_view prefix);
 bool ends_with(std::string_view s, std::string_view suffix);

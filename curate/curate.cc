@@ -45,15 +45,6 @@ size_t count_of(const std::string& s, const std::string& what) {
   return n;
 }
 
-std::vector<std::string> split_all(const std::string& s, const std::string& sep) {
-  std::vector<std::string> out;
-  size_t from = 0;
-  for (size_t at; (at = s.find(sep, from)) != std::string::npos; from = at + sep.size())
-    out.push_back(s.substr(from, at - from));
-  out.push_back(s.substr(from));
-  return out;
-}
-
 uint64_t mix(uint64_t h, uint64_t v) {
   h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
   return h * 0xff51afd7ed558ccdull;
@@ -68,19 +59,6 @@ std::string hex64(uint64_t v) {
 // The answer text of a generation, as mgm eval writes it: special tokens skipped, stripped.
 std::string answer_text(const eval::EvalModel& m, const std::vector<int64_t>& ids) {
   return data::py_strip(m.tokenizer.decode(ids, /*skip_special=*/true));
-}
-
-std::unique_ptr<models::Engine> make_engine(eval::EvalModel& m, int64_t batch, int64_t max_new) {
-  models::EngineOptions eo;
-  eo.max_num_seqs = batch;
-  eo.max_num_batched_tokens = std::max<int64_t>(batch, 4096);
-  eo.max_queue_len = int64_t{1} << 30;  // generate_all submits a whole batch at once
-  eo.max_model_len = m.model->config().tokenizer_model_max_length + max_new;
-  eo.truncate_prompts = true;
-  const auto& tok = m.tokenizer;
-  return std::make_unique<models::Engine>(
-      m.model, eo, [&tok](const std::vector<int64_t>& ids) { return tok.decode(ids, true); },
-      std::vector<int64_t>{m.tokenizer.eos_id()});
 }
 
 }  // namespace
@@ -123,7 +101,7 @@ std::string dj_captioned_text(const std::string& text, const std::vector<std::st
   const std::string image = data::kDjImageToken, eoc = data::kDjEocToken;
   std::string out;
   size_t offset = 0;
-  for (const std::string& chunk : split_all(text, eoc)) {
+  for (const std::string& chunk : split(text, eoc)) {
     if (data::py_strip(chunk).empty()) continue;
     const size_t n = count_of(chunk, image);
     std::string modified = dj_only_special_tokens(chunk);
@@ -317,7 +295,15 @@ CaptionStats caption_dataset(eval::EvalModel& m, const CaptionOptions& o) {
                           {"max_new_tokens", o.max_new_tokens}, {"seed", o.seed}};
 
   // Resume: what an earlier run recorded (a torn last line from a kill is dropped).
-  std::map<size_t, OrderedJson> done;
+  std::set<size_t> done;  // samples recorded in the partial file
+  // A progress line's sample index, checked (the file is ours, but may have been edited).
+  auto index_of = [&](const OrderedJson& j) {
+    if (!j.is_object() || !j.contains("index") || !j["index"].is_number_unsigned() ||
+        j["index"].get<size_t>() >= d.samples.size() || !j.contains("records") ||
+        !j["records"].is_array())
+      throw FormatError(partial, "a damaged progress line; remove the file to start over");
+    return j["index"].get<size_t>();
+  };
   CaptionStats st;
   st.samples = d.samples.size();
   if (path_exists(partial)) {
@@ -336,7 +322,7 @@ CaptionStats caption_dataset(eval::EvalModel& m, const CaptionOptions& o) {
         first = false;
         continue;
       }
-      done[j["index"].get<size_t>()] = j;
+      done.insert(index_of(j));
     }
     if (first) write_file_atomic(partial, OrderedJson{{"settings", settings}}.dump() + "\n");
     else if (complete != text.size()) ::truncate(partial.c_str(), static_cast<off_t>(complete));
@@ -352,7 +338,8 @@ CaptionStats caption_dataset(eval::EvalModel& m, const CaptionOptions& o) {
   for (size_t i = 0; i < d.samples.size(); ++i)
     prompt_of[i] = o.prompts.size() == 1 ? o.prompts[0] : o.prompts[rng.randbelow(o.prompts.size())];
 
-  std::unique_ptr<models::Engine> engine = make_engine(m, o.batch_size, o.max_new_tokens);
+  const auto engine =
+      eval::make_batch_engine(m, o.batch_size, o.max_new_tokens, {m.tokenizer.eos_id()});
   std::FILE* f = std::fopen(partial.c_str(), "ab");
   MGM_CHECK(f != nullptr, partial, ": cannot append");
   struct Closer {
@@ -473,7 +460,7 @@ CaptionStats caption_dataset(eval::EvalModel& m, const CaptionOptions& o) {
     MGM_CHECK(std::fwrite(block.data(), 1, block.size(), f) == block.size() &&
                   std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0,
               partial, ": write failed");
-    for (const Job& job : jobs) done[job.sample] = OrderedJson();  // recorded (content on disk)
+    for (const Job& job : jobs) done.insert(job.sample);
     ++batches;
     if (!o.quiet)
       std::fprintf(stderr, "%s: %zu/%zu samples captioned\n", o.out.c_str(),
@@ -492,7 +479,7 @@ CaptionStats caption_dataset(eval::EvalModel& m, const CaptionOptions& o) {
         continue;
       }
       const OrderedJson j = OrderedJson::parse(l);
-      lines[j["index"].get<size_t>()] = j;
+      lines[index_of(j)] = j;
     }
     for (size_t i = 0; i < d.samples.size(); ++i) {
       MGM_CHECK(lines.count(i), partial, ": sample ", i, " is missing");

@@ -155,9 +155,15 @@ FilterReport filter_dataset(const FilterOptions& o) {
       }
       if (o.dedup == "phash" || o.dedup == "both") {
         std::vector<uint64_t> mine;
-        if (stats[i].contains("image_dhash"))
-          for (const auto& hx : stats[i]["image_dhash"])
-            mine.push_back(std::stoull(hx.get<std::string>(), nullptr, 16));
+        if (stats[i].contains("image_dhash") && stats[i]["image_dhash"].is_array())
+          for (const auto& hx : stats[i]["image_dhash"]) {
+            const std::string h = hx.is_string() ? hx.get<std::string>() : "";
+            if (h.size() != 16 || h.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+              throw FormatError(o.scores, str_cat(data::record_where(scores.records[i]),
+                                                  ": image_dhash ", hx.dump(),
+                                                  " is not 16 hex digits"));
+            mine.push_back(std::stoull(h, nullptr, 16));
+          }
         bool dup = false;
         for (uint64_t a : mine)
           for (uint64_t b : seen_hashes)

@@ -21,20 +21,6 @@ const std::string kVicunaSep = " ";
 // The template's string, not the tokenizer's eos: with Gemma's tokenizer it is ordinary text.
 const std::string kVicunaSep2 = "</s>";
 
-std::vector<std::string> split_all(const std::string& s, const std::string& sep) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (true) {
-    size_t f = s.find(sep, pos);
-    if (f == std::string::npos) {
-      out.push_back(s.substr(pos));
-      return out;
-    }
-    out.push_back(s.substr(pos, f - pos));
-    pos = f + sep.size();
-  }
-}
-
 }  // namespace
 
 Template parse_template(const std::string& version) {
@@ -158,11 +144,11 @@ TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vec
     // reference applies the "- 1" too. With a tokenizer for which the arithmetic does not add
     // up, the mismatch check below masks the sample, as the reference does.
     const std::string sep = kVicunaSep + "ASSISTANT: ";
-    const auto rounds = split_all(conv, kVicunaSep2);
+    const auto rounds = split(conv, kVicunaSep2);
     for (size_t i = 0; i < rounds.size(); ++i) {
       const std::string& rou = rounds[i];
       if (rou.empty()) break;
-      auto parts = split_all(rou, sep);
+      auto parts = split(rou, sep);
       if (parts.size() != 2) {
         s.problem =
             str_cat("a round does not split into instruction and answer at ' ASSISTANT: ' (",
@@ -181,9 +167,9 @@ TokenizedSample tokenize_conversation(const Tokenizer& tok, Template t, std::vec
     }
   } else {  // preprocess_gemma
     const std::string sep = kStartOfTurn + "model\n";
-    for (const auto& rou : split_all(conv, "<eos>")) {
+    for (const auto& rou : split(conv, "<eos>")) {
       if (rou.empty()) break;
-      auto parts = split_all(rou, sep);
+      auto parts = split(rou, sep);
       if (parts.size() != 2) {
         s.problem = str_cat(
             "a round does not split into instruction and answer at '<start_of_turn>model\\n' (",

@@ -180,6 +180,21 @@ EvalModel load_eval_model(const EvalModelOptions& o) {
   return m;
 }
 
+std::unique_ptr<models::Engine> make_batch_engine(const EvalModel& m, int64_t batch,
+                                                  int64_t max_new_tokens,
+                                                  std::vector<int64_t> stop_token_ids) {
+  models::EngineOptions eo;
+  eo.max_num_seqs = batch;
+  eo.max_num_batched_tokens = std::max<int64_t>(batch, 4096);
+  eo.max_queue_len = int64_t{1} << 30;
+  eo.max_model_len = m.model->config().tokenizer_model_max_length + max_new_tokens;
+  eo.truncate_prompts = true;
+  const data::Tokenizer* tok = &m.tokenizer;
+  return std::make_unique<models::Engine>(
+      m.model, eo, [tok](const std::vector<int64_t>& ids) { return tok->decode(ids, true); },
+      std::move(stop_token_ids));
+}
+
 std::string default_tokenizer(const EvalModelOptions& o) {
   if (!o.tokenizer_path.empty()) return o.tokenizer_path;
   if (o.model_base.empty() || path_exists(path_join(o.model_path, "tokenizer.model")))
@@ -429,18 +444,8 @@ RunStats run_eval(EvalModel& m, const std::vector<EvalItem>& items, const RunOpt
   if (gen.stop_token_ids.empty()) gen.stop_token_ids = {m.tokenizer.eos_id()};
 
   std::unique_ptr<models::Engine> engine;
-  if (gen.max_new_tokens > 0) {
-    models::EngineOptions eo;
-    eo.max_num_seqs = opts.batch_size;
-    eo.max_num_batched_tokens = std::max<int64_t>(opts.batch_size, 4096);
-    eo.max_queue_len = opts.batch_size;
-    eo.max_model_len = cfg.tokenizer_model_max_length + gen.max_new_tokens;
-    eo.truncate_prompts = true;  // as the reference's prepare_inputs
-    const auto& tok = m.tokenizer;
-    engine = std::make_unique<models::Engine>(
-        m.model, eo, [&tok](const std::vector<int64_t>& ids) { return tok.decode(ids, true); },
-        gen.stop_token_ids);
-  }
+  if (gen.max_new_tokens > 0)
+    engine = make_batch_engine(m, opts.batch_size, gen.max_new_tokens, gen.stop_token_ids);
 
   auto bad_sample = [&](const EvalItem& it, const std::string& why) {
     const std::string id =

@@ -20,6 +20,7 @@
 #include "data/conversation.h"
 #include "data/image.h"
 #include "data/tokenizer.h"
+#include "models/engine.h"
 #include "models/generate.h"
 #include "models/mgm.h"
 
@@ -48,6 +49,14 @@ struct EvalModel {
 };
 
 EvalModel load_eval_model(const EvalModelOptions& o);
+
+// The generation engine a batch job runs on (mgm eval, mgm caption): `batch` sequences decoded
+// together, any number of requests queued (the job submits whole batches), prompts cut to the
+// model's tokenizer_model_max_length as the reference's prepare_inputs cuts them, room for
+// max_new_tokens after them, text decoded with the model's tokenizer (special tokens skipped).
+std::unique_ptr<models::Engine> make_batch_engine(const EvalModel& m, int64_t batch,
+                                                  int64_t max_new_tokens,
+                                                  std::vector<int64_t> stop_token_ids);
 // The tokenizer a run uses: --tokenizer, else the model folder, else (an adapter folder without
 // one) the base.
 std::string default_tokenizer(const EvalModelOptions& o);

@@ -79,6 +79,13 @@ struct Engine::Seq {
   std::vector<int64_t> out;
   std::string text;     // decode(out), cut at a stop string once one appears
   std::string emitted;  // what the stream has been sent
+  // Incremental detokenization: `committed` is the text of out[0, read_offset) (complete
+  // characters); the newest window is decoded from prefix_offset. full_decode: a tokenizer whose
+  // windows do not decode as the whole does, decoded whole every step instead.
+  std::string committed;
+  size_t prefix_offset = 0, read_offset = 0;
+  bool full_decode = false;
+  size_t stop_scan_from = 0;  // no stop string starts before this byte of text
   int64_t unreported_tokens = 0;
   at::Generator gen;
   Clock::time_point arrival, last_token;
@@ -133,13 +140,14 @@ std::shared_ptr<RequestStream> Engine::submit(EngineRequest r) {
   if (markers != images || (markers > 0 && (!r.images.defined() || r.images.size(0) != images)))
     throw EngineRefusal("invalid", str_cat("the prompt has ", markers, " image markers but ",
                                            images, " images were given"));
-  const auto& sp = r.sampling;
-  if (sp.max_tokens < 1)
+  auto& sp = r.sampling;
+  if (sp.max_tokens < 0)
     throw EngineRefusal("invalid", str_cat("max_tokens must be at least 1, got ", sp.max_tokens));
   if (!(sp.temperature >= 0.0) || !(sp.top_p > 0.0 && sp.top_p <= 1.0) || sp.top_k < 0)
     throw EngineRefusal("invalid", "temperature must be >= 0, top_p in (0, 1], top_k >= 0");
   int64_t n = prompt_positions(r.prompt);
   if (opts_.truncate_prompts) n = std::min(n, config().tokenizer_model_max_length);
+  if (sp.max_tokens == 0) sp.max_tokens = std::max<int64_t>(1, opts_.max_model_len - n);
   if (n + sp.max_tokens > opts_.max_model_len)
     throw EngineRefusal(
         "prompt_too_long",
@@ -417,14 +425,19 @@ bool Engine::accept_token(Seq& s, int64_t token) {
   s.out.push_back(token);
   ++s.unreported_tokens;
   s.next = token;
-  s.text = decode_(s.out);
+  detokenize(s);
   if (!sp.stop.empty()) {
-    const std::string cut = trim_at_stop_string(s.text, sp.stop);
-    if (cut.size() != s.text.size()) {
-      s.text = cut;
+    // Only text that can hold a new occurrence is searched (committed text is final).
+    const size_t from = std::min(s.stop_scan_from, s.text.size());
+    const size_t cut = from + trim_at_stop_string(s.text.substr(from), sp.stop).size();
+    if (cut != s.text.size()) {
+      s.text.resize(cut);
       finish(s, "stop");
       return false;
     }
+    size_t longest = 0;
+    for (const auto& st : sp.stop) longest = std::max(longest, st.size());
+    s.stop_scan_from = s.committed.size() + 1 > longest ? s.committed.size() + 1 - longest : 0;
   }
   if (static_cast<int64_t>(s.out.size()) >= sp.max_tokens) {
     finish(s, "length");
@@ -432,6 +445,37 @@ bool Engine::accept_token(Seq& s, int64_t token) {
   }
   emit(s);
   return true;
+}
+
+void Engine::detokenize(Seq& s) {
+  // As vLLM's detokenize_incrementally: decode the window since the last complete text with and
+  // without the newest tokens and take the difference, so each step costs the window, not the
+  // whole output, and the text equals decode(out) (leading-space rules apply at the window's
+  // start in both decodes alike). The window moves on once its text ends in whole characters.
+  if (s.full_decode) {
+    s.text = decode_(s.out);
+    return;
+  }
+  const auto begin = s.out.begin() + static_cast<std::ptrdiff_t>(s.prefix_offset);
+  const std::string before =
+      s.read_offset > s.prefix_offset
+          ? decode_(std::vector<int64_t>(begin, s.out.begin() + static_cast<std::ptrdiff_t>(s.read_offset)))
+          : std::string();
+  const std::string window = decode_(std::vector<int64_t>(begin, s.out.end()));
+  if (window.compare(0, before.size(), before) != 0) {
+    s.full_decode = true;
+    s.text = decode_(s.out);
+    return;
+  }
+  const std::string tail = window.substr(before.size());
+  s.text = s.committed + tail;
+  if (!tail.empty() && (tail.size() < kReplacement.size() ||
+                        tail.compare(tail.size() - kReplacement.size(), kReplacement.size(),
+                                     kReplacement) != 0)) {
+    s.committed = s.text;
+    s.prefix_offset = s.read_offset;
+    s.read_offset = s.out.size();
+  }
 }
 
 void Engine::emit(Seq& s) {

@@ -35,7 +35,7 @@
 namespace mgm::models {
 
 struct SamplingParams {
-  int64_t max_tokens = 16;
+  int64_t max_tokens = 0;  // 0: whatever room max_model_len leaves after the prompt (vLLM's default)
   double temperature = 0.0;  // 0: greedy
   double top_p = 1.0;
   int64_t top_k = 0;
@@ -158,6 +158,7 @@ class Engine {
   void start_sequence(Seq& s);
   int64_t sample(Seq& s, const at::Tensor& logits);
   bool accept_token(Seq& s, int64_t token);
+  void detokenize(Seq& s);
   void emit(Seq& s);
   void finish(Seq& s, const std::string& reason, const std::string& error = "");
 

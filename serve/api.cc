@@ -95,10 +95,7 @@ void parse_common(const Json& j, ApiRequest& r) {
   if (sp.top_k < 0) sp.top_k = 0;
   const int64_t big = int64_t{1} << 40;
   for (const char* key : {"max_tokens", "max_completion_tokens"})
-    if (present(j, key)) {
-      sp.max_tokens = int_field(j, key, 0, 1, big);
-      r.max_tokens_given = true;
-    }
+    if (present(j, key)) sp.max_tokens = int_field(j, key, 0, 1, big);
   if (present(j, "seed")) {
     sp.seed = static_cast<uint64_t>(int_field(j, "seed", 0, -big, big));
     sp.has_seed = true;

@@ -39,8 +39,7 @@ struct ApiLimits {
 struct ApiRequest {
   std::string model;  // as given (empty: the served model)
   bool stream = false, include_usage = false;
-  bool max_tokens_given = false;
-  models::EngineRequest engine;  // prompt, images and sampling (max_tokens filled by the server)
+  models::EngineRequest engine;  // prompt, images and sampling (max_tokens 0 when not given)
   std::string prompt_text;       // the rendered template text (for logs and tests)
 };
 

@@ -146,9 +146,6 @@ ChatBackend local_backend(Loaded& l) {
     ApiLimits limits;
     limits.max_images = 16;
     ApiRequest r = parse_chat_request(body.dump(), l.m, limits);
-    if (!r.max_tokens_given)
-      r.engine.sampling.max_tokens = std::max<int64_t>(
-          1, l.engine->options().max_model_len - l.engine->prompt_positions(r.engine.prompt));
     auto stream = l.engine->submit(std::move(r.engine));
     std::string answer;
     while (true) {

@@ -126,11 +126,6 @@ void serve_generation(Shared& sh, const httplib::Request& req, httplib::Response
     throw ApiError(404, str_cat("The model `", r.model, "` does not exist (this server serves `",
                                 sh.model_name, "`)."),
                    "invalid_request_error", "model", "model_not_found");
-  if (!r.max_tokens_given) {
-    // vLLM's default: whatever room the context leaves.
-    r.engine.sampling.max_tokens = std::max<int64_t>(
-        1, sh.engine.options().max_model_len - sh.engine.prompt_positions(r.engine.prompt));
-  }
   std::shared_ptr<models::RequestStream> stream;
   try {
     stream = sh.engine.submit(std::move(r.engine));

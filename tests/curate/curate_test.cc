@@ -316,6 +316,13 @@ TEST(Filter, ReasonsReportAndHistograms) {
   o.overwrite = true;
   EXPECT_NE(test::error_of([&] { filter_dataset(o); }).find("1 score lines for 10 samples"),
             std::string::npos);
+  // A damaged hash is named, not a crash.
+  std::string bad = scores;
+  bad.replace(bad.find("0000000000005555"), 16, "zzzzzzzzzzzzzzzz");  // sample 5, kept till dedup
+  write_file_atomic(dir + "/bad.jsonl", bad);
+  o.scores = dir + "/bad.jsonl";
+  EXPECT_NE(test::error_of([&] { filter_dataset(o); }).find("is not 16 hex digits"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -228,6 +228,56 @@ TEST_F(EngineTest, TinyTemperatureIsGreedyAndFreeSlotsAddToTheQueue) {
   }
 }
 
+// A decode with the two things that break naive incremental text: the first piece loses its
+// leading space (as LLaMA's sentencepiece does), and two-byte characters whose halves come as
+// separate tokens decode to U+FFFD until complete (byte fallback). The streamed text and the final
+// text must still equal the decode of the whole output.
+std::string tricky_decode(const std::vector<int64_t>& ids) {
+  std::string bytes;
+  for (int64_t t : ids) {
+    if (t % 7 == 0) bytes += '\xC3';       // lead byte of "\u00e9"
+    else if (t % 7 == 1) bytes += '\xA9';  // its continuation byte
+    else bytes += str_cat(" w", t);
+  }
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    const unsigned char b = static_cast<unsigned char>(bytes[i]);
+    if (b == 0xC3 && i + 1 < bytes.size() && static_cast<unsigned char>(bytes[i + 1]) == 0xA9) {
+      out += "\xC3\xA9";
+      ++i;
+    } else if (b == 0xC3 || b == 0xA9) {
+      out += "\xEF\xBF\xBD";
+    } else {
+      out += bytes[i];
+    }
+  }
+  return !out.empty() && out[0] == ' ' ? out.substr(1) : out;
+}
+
+TEST_F(EngineTest, IncrementalTextEqualsTheWholeDecode) {
+  EngineOptions o;
+  o.max_num_seqs = 4;
+  o.max_model_len = 128;
+  Engine engine(tiny_model(), o, tricky_decode, {});
+  const auto ps = prompts();
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    EngineRequest r = request(ps[i], static_cast<int>(i), 40);
+    r.sampling.temperature = 1.0;  // many different ids, so lead and continuation bytes occur
+    r.sampling.has_seed = true;
+    r.sampling.seed = i;
+    streams.push_back(engine.submit(std::move(r)));
+  }
+  int replacements = 0;
+  for (auto& st : streams) {
+    const Collected c = collect(*st);
+    const std::string whole = tricky_decode(c.final.token_ids);
+    EXPECT_EQ(c.streamed, whole);
+    replacements += whole.find("\xEF\xBF\xBD") != std::string::npos;
+  }
+  EXPECT_GT(replacements, 0);  // the case was exercised
+}
+
 TEST_F(EngineTest, IgnoreEosRunsToMaxTokens) {
   EngineOptions o;
   o.max_model_len = 96;
@@ -312,8 +362,12 @@ TEST_F(EngineTest, RefusesTooLongPromptsBadImagesAndWhenDraining) {
   no_image.images_aux = at::Tensor();
   EXPECT_NE(refusal(no_image).find("invalid: the prompt has 1 image markers but 0 images"),
             std::string::npos);
-  EngineRequest zero = request(ps[1], 1, 0);
-  EXPECT_NE(refusal(zero).find("max_tokens must be at least 1"), std::string::npos);
+  EngineRequest negative = request(ps[1], 1, -1);
+  EXPECT_NE(refusal(negative).find("max_tokens must be at least 1"), std::string::npos);
+  // max_tokens 0: whatever room the context leaves (vLLM's default).
+  const auto rest = collect(*engine.submit(request(ps[1], 1, 0))).final;
+  EXPECT_EQ(rest.finish_reason, "length");
+  EXPECT_EQ(rest.prompt_tokens + rest.completion_tokens, 32);
   engine.begin_drain();
   EXPECT_NE(refusal(request(ps[1], 1, 4)).find("draining"), std::string::npos);
   EXPECT_TRUE(engine.wait_idle(1s));
